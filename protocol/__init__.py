@@ -1,0 +1,41 @@
+"""The trainvitals wire format: pure, stdlib-only, shared by the trainer plugin and the server.
+
+Bytes in, messages out; messages in, text out — no I/O here. See ``docs/protocol.md``.
+"""
+
+from .codec import MAX_ENTRIES, MAX_NAME_LENGTH, PROTOCOL_VERSION, decode, encode
+from .errors import ProtocolError
+from .floats import float_from_wire, float_to_wire
+from .messages import (
+    Ack,
+    Batch,
+    ClipEvent,
+    Error,
+    Message,
+    Record,
+    RunEnd,
+    RunStart,
+    Step,
+    TensorStats,
+)
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_NAME_LENGTH",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "ClipEvent",
+    "Error",
+    "Message",
+    "ProtocolError",
+    "Record",
+    "RunEnd",
+    "RunStart",
+    "Step",
+    "TensorStats",
+    "decode",
+    "encode",
+    "float_from_wire",
+    "float_to_wire",
+]

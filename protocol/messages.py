@@ -1,0 +1,155 @@
+"""The messages of the wire format, as plain typed data.
+
+Every record a trainer sends — ``RunStart``, ``Step``, ``RunEnd`` — belongs to one *stream*,
+identified by ``(run, rank, session)``, and carries ``seq``: 0 for ``RunStart``, then 1, 2, …
+with no gaps. ``session`` is a fresh id per process, so a run resumed under the same name is a
+new stream of the same run. The server answers with ``Ack`` and ``Error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Ack",
+    "Batch",
+    "ClipEvent",
+    "Error",
+    "Message",
+    "Record",
+    "RunEnd",
+    "RunStart",
+    "Step",
+    "TensorStats",
+]
+
+ClipAction = Literal["zeroed", "passed", "raised"]
+ClipReason = Literal["above_threshold", "nan", "posinf", "neginf"]
+RunStatus = Literal["finished", "crashed"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorStats:
+    """Statistics of one named tensor at one step; min/max/mean/absmax are over finite elements.
+
+    ``headroom`` is set for tensors that feed ``exp``: how far ``max`` is below the log of the
+    dtype's largest value (≈88.72 for float32, ≈11.09 for float16). NaN when there was no finite
+    element.
+    """
+
+    count: int
+    nan: int
+    posinf: int
+    neginf: int
+    min: float
+    max: float
+    mean: float
+    absmax: float
+    dtype: str = ""
+    headroom: float | None = None
+
+    @property
+    def nonfinite(self) -> int:
+        """How many elements were NaN or infinite."""
+        return self.nan + self.posinf + self.neginf
+
+
+@dataclass(frozen=True, slots=True)
+class ClipEvent:
+    """A trainer-side loss guard fired: what it saw, against what, and what it did."""
+
+    raw: float
+    threshold: float
+    action: ClipAction
+    reason: ClipReason
+    components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """A process begins reporting a run (``seq`` 0 of its stream)."""
+
+    run: str
+    session: str
+    rank: int = 0
+    world_size: int = 1
+    seq: int = 0
+    time: float = 0.0
+    host: str = ""
+    pid: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Everything measured at one training step of one rank.
+
+    ``loss`` is the raw loss before any trainer-side guard; ``loss_used`` is what was
+    backpropagated. ``grad_norm`` is the total norm before gradient clipping, ``grad_norm_post``
+    after. ``None`` means "not reported", never "zero".
+    """
+
+    run: str
+    session: str
+    seq: int
+    step: int
+    rank: int = 0
+    time: float = 0.0
+    loss: float | None = None
+    loss_used: float | None = None
+    grad_norm: float | None = None
+    grad_norm_post: float | None = None
+    lr: float | None = None
+    components: dict[str, float] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    clip: ClipEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A process stops reporting a run; ``dropped`` counts records it could not deliver."""
+
+    run: str
+    session: str
+    seq: int
+    rank: int = 0
+    time: float = 0.0
+    status: RunStatus = "finished"
+    reason: str = ""
+    dropped: int = 0
+
+
+Record = RunStart | Step | RunEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several records in one frame; ``dropped`` is the sender's running count of lost records."""
+
+    records: tuple[Record, ...]
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server has committed every record of the stream up to and including ``seq``."""
+
+    run: str
+    session: str
+    seq: int
+    rank: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The server refused a frame; ``code`` matches ``ProtocolError.code`` or ``"unauthorized"``."""
+
+    code: str
+    message: str
+    fatal: bool = False
+
+
+Message = RunStart | Step | RunEnd | Batch | Ack | Error
