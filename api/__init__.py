@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ClipGuard", "Monitor", "__version__"]
+__all__ = ["Monitor", "NonFiniteLossError", "__version__"]
 
 if TYPE_CHECKING:
-    from trainvitals.trainer_plugin import ClipGuard, Monitor
+    from trainvitals.trainer_plugin import Monitor, NonFiniteLossError
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Monitor", "ClipGuard"):
+    if name in ("Monitor", "NonFiniteLossError"):
         import trainvitals.trainer_plugin as plugin
 
         return getattr(plugin, name)

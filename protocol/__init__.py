@@ -3,10 +3,17 @@
 Bytes in, messages out; messages in, text out — no I/O here. See ``docs/protocol.md``.
 """
 
-from .codec import MAX_ENTRIES, MAX_NAME_LENGTH, PROTOCOL_VERSION, decode, encode
-from .errors import ProtocolError
-from .floats import float_from_wire, float_to_wire
-from .messages import (
+from trainvitals.protocol.codec import (
+    MAX_ENTRIES,
+    MAX_NAME_LENGTH,
+    PROTOCOL_VERSION,
+    check_name,
+    decode,
+    encode,
+)
+from trainvitals.protocol.errors import ProtocolError
+from trainvitals.protocol.floats import float_from_wire, float_to_wire
+from trainvitals.protocol.messages import (
     Ack,
     Batch,
     ClipEvent,
@@ -34,6 +41,7 @@ __all__ = [
     "RunStart",
     "Step",
     "TensorStats",
+    "check_name",
     "decode",
     "encode",
     "float_from_wire",

@@ -8,14 +8,13 @@ valid message or raises ``ProtocolError``; it never returns something half-check
 from __future__ import annotations
 
 import json
-
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from .errors import INVALID, MALFORMED, TOO_LARGE, UNSUPPORTED_VERSION, ProtocolError
-from .floats import float_from_wire, float_to_wire
-from .messages import (
+from trainvitals.protocol.errors import MALFORMED, TOO_LARGE, UNSUPPORTED_VERSION, ProtocolError
+from trainvitals.protocol.floats import float_from_wire, float_to_wire
+from trainvitals.protocol.messages import (
     Ack,
     Batch,
     ClipEvent,
@@ -28,7 +27,7 @@ from .messages import (
     TensorStats,
 )
 
-__all__ = ["MAX_NAME_LENGTH", "PROTOCOL_VERSION", "decode", "encode"]
+__all__ = ["MAX_NAME_LENGTH", "PROTOCOL_VERSION", "check_name", "decode", "encode"]
 
 PROTOCOL_VERSION = 1
 MAX_NAME_LENGTH = 200  # run, metric, component and tensor names
@@ -171,6 +170,14 @@ def _name(value: Any) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise ValueError("must not contain control characters")
     return text
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid run, metric, component or tensor name; else ``ProtocolError``."""
+    try:
+        return _name(name)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"name {name!r} {exc}") from None
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:

@@ -1,0 +1,9 @@
+"""The trainvitals server: ingest over websockets, SQLite storage, alerts, live dashboard."""
+
+from trainvitals.server.app import create_app
+from trainvitals.server.runner import ServerThread, serve_forever
+from trainvitals.server.settings import Settings
+from trainvitals.server.sqlite_store import SQLiteStore
+from trainvitals.server.store import Store
+
+__all__ = ["SQLiteStore", "ServerThread", "Settings", "Store", "create_app", "serve_forever"]

@@ -1,0 +1,47 @@
+"""The SQLite schema, versioned. Bump ``SCHEMA_VERSION`` with every change to ``SCHEMA``."""
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL,
+    updated REAL NOT NULL, status TEXT NOT NULL DEFAULT 'running', last_step INTEGER,
+    world_size INTEGER NOT NULL DEFAULT 1, reason TEXT NOT NULL DEFAULT '',
+    config TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), rank INTEGER NOT NULL,
+    session TEXT NOT NULL, host TEXT NOT NULL DEFAULT '', pid INTEGER NOT NULL DEFAULT 0,
+    versions TEXT NOT NULL DEFAULT '{}', started REAL, ended REAL, status TEXT,
+    reason TEXT NOT NULL DEFAULT '', dropped INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, rank, session));
+-- exactly-once: a record is applied only the first time its (stream, seq) is seen
+CREATE TABLE IF NOT EXISTS seen (
+    stream_id INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), rank INTEGER NOT NULL,
+    name TEXT NOT NULL, UNIQUE (run_id, rank, name));
+-- value NULL means NaN (SQLite cannot store NaN); +/-Inf are stored as themselves
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
+    PRIMARY KEY (series_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (run_id, rank, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clips (
+    run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, raw REAL,
+    threshold REAL NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+    components TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (run_id, rank, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), rank INTEGER NOT NULL,
+    rule TEXT NOT NULL, series TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL,
+    first_step INTEGER NOT NULL, opened_step INTEGER NOT NULL, last_step INTEGER NOT NULL,
+    resolved_step INTEGER, count INTEGER NOT NULL, message TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}');
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert
+    ON alerts (run_id, rank, rule, series) WHERE state = 'open';
+"""

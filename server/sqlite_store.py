@@ -1,0 +1,304 @@
+"""The embedded default store: one SQLite file in WAL mode, written by one thread.
+
+NaN: SQLite turns a NaN REAL into NULL, so in ``points.value`` NULL *means* NaN (nothing else
+is ever NULL there). ±Inf are stored natively. JSON columns use the wire encoding of floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire, float_to_wire
+from trainvitals.server.alerts import Alert
+from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
+from trainvitals.server.series import step_values
+from trainvitals.server.store import ClipRow, RunRow, SeriesData, SeriesInfo, WriteResult
+
+__all__ = ["SQLiteStore"]
+
+Stream = tuple[str, int, str]
+
+
+def configure(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Pragmas for every connection, in one place: WAL, relaxed fsync, wait on locks."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SQLiteStore:
+    """``Store`` on one SQLite file. Writes from one thread; reads from any (own connection)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._run_ids: dict[str, int] = {}
+        self._series_ids: dict[tuple[int, int, str], int] = {}
+        self._stream_ids: dict[tuple[int, int, str], int] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._write_conn()
+        with conn:
+            conn.executescript(SCHEMA)
+            found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if found is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif int(found[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} has schema version {found[0]}; this server "
+                                   f"needs {SCHEMA_VERSION}. Use a new data directory.")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = configure(sqlite3.connect(self.path, check_same_thread=False))
+        return self._writer
+
+    def _read_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = configure(sqlite3.connect(self.path, check_same_thread=False))
+            self._local.conn = conn
+        return conn
+
+    # ---------------------------------------------------------------- writes
+
+    def write(self, records: Sequence[Record]) -> WriteResult:
+        conn = self._write_conn()
+        accepted: list[Record] = []
+        top_seq: dict[Stream, int] = {}
+        with conn:
+            for record in records:
+                key = (record.run, record.rank, record.session)
+                top_seq[key] = max(top_seq.get(key, -1), record.seq)
+                if self._first_time(conn, record):
+                    self._apply(conn, record)
+                    accepted.append(record)
+        return WriteResult(accepted, dict(self._run_ids), top_seq)
+
+    def _first_time(self, conn: sqlite3.Connection, record: Record) -> bool:
+        stream_id = self._stream_id(conn, record)
+        cur = conn.execute("INSERT OR IGNORE INTO seen(stream_id, seq) VALUES (?, ?)",
+                           (stream_id, record.seq))
+        return cur.rowcount == 1
+
+    def _apply(self, conn: sqlite3.Connection, record: Record) -> None:
+        run_id = self._run_id(conn, record.run, record.time)
+        if isinstance(record, Step):
+            self._write_step(conn, run_id, record)
+        elif isinstance(record, RunStart):
+            conn.execute(
+                "UPDATE runs SET status='running', updated=?, world_size=max(world_size, ?), "
+                "config=CASE WHEN config='{}' THEN ? ELSE config END WHERE id=?",
+                (record.time, record.world_size, _dumps(record.config), run_id))
+            conn.execute("UPDATE streams SET host=?, pid=?, versions=?, started=? WHERE id=?",
+                         (record.host, record.pid, _dumps(record.versions), record.time,
+                          self._stream_id(conn, record)))
+        elif isinstance(record, RunEnd):
+            self._end_stream(conn, run_id, record)
+
+    def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+        rows = [(self._series_id(conn, run_id, step.rank, name), step.step, value)
+                for name, value in step_values(step).items()]
+        conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) VALUES (?,?,?)",
+                         rows)
+        conn.execute("INSERT OR REPLACE INTO steps(run_id, rank, step, time) VALUES (?,?,?,?)",
+                     (run_id, step.rank, step.step, step.time))
+        if step.clip is not None:
+            c = step.clip
+            conn.execute(
+                "INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, step.rank, step.step, _real(c.raw), c.threshold, c.action, c.reason,
+                 _dumps(c.components)))
+        conn.execute(
+            "UPDATE runs SET updated=max(updated, ?), last_step=max(coalesce(last_step, ?), ?) "
+            "WHERE id=?",
+            (step.time, step.step, step.step, run_id))
+
+    def _end_stream(self, conn: sqlite3.Connection, run_id: int, end: RunEnd) -> None:
+        conn.execute("UPDATE streams SET ended=?, status=?, reason=?, dropped=? WHERE id=?",
+                     (end.time, end.status, end.reason, end.dropped,
+                      self._stream_id(conn, end)))
+        # A run is over when none of its streams is still open; crashed if any crashed.
+        open_streams, crashed = conn.execute(
+            "SELECT sum(ended IS NULL), sum(status='crashed') FROM streams WHERE run_id=?",
+            (run_id,)).fetchone()
+        if not open_streams:
+            conn.execute("UPDATE runs SET status=?, reason=?, updated=max(updated, ?) WHERE id=?",
+                         ("crashed" if crashed else "finished", end.reason, end.time, run_id))
+
+    def _run_id(self, conn: sqlite3.Connection, name: str, time: float) -> int:
+        if name not in self._run_ids:
+            conn.execute("INSERT OR IGNORE INTO runs(name, created, updated) VALUES (?,?,?)",
+                         (name, time, time))
+            (self._run_ids[name],) = conn.execute("SELECT id FROM runs WHERE name=?",
+                                                  (name,)).fetchone()
+        return self._run_ids[name]
+
+    def _stream_id(self, conn: sqlite3.Connection, record: Record) -> int:
+        run_id = self._run_id(conn, record.run, record.time)
+        key = (run_id, record.rank, record.session)
+        if key not in self._stream_ids:
+            conn.execute("INSERT OR IGNORE INTO streams(run_id, rank, session) VALUES (?,?,?)",
+                         key)
+            (self._stream_ids[key],) = conn.execute(
+                "SELECT id FROM streams WHERE run_id=? AND rank=? AND session=?", key).fetchone()
+        return self._stream_ids[key]
+
+    def _series_id(self, conn: sqlite3.Connection, run_id: int, rank: int, name: str) -> int:
+        key = (run_id, rank, name)
+        if key not in self._series_ids:
+            conn.execute("INSERT OR IGNORE INTO series(run_id, rank, name) VALUES (?,?,?)", key)
+            (self._series_ids[key],) = conn.execute(
+                "SELECT id FROM series WHERE run_id=? AND rank=? AND name=?", key).fetchone()
+        return self._series_ids[key]
+
+    def save_alerts(self, alerts: Iterable[Alert]) -> None:
+        conn = self._write_conn()
+        with conn:
+            for a in alerts:
+                run_id = self._run_id(conn, a.run, 0.0)
+                values = (a.severity, a.state, a.first_step, a.opened_step, a.last_step,
+                          a.resolved_step, a.count, a.message, _dumps(a.details))
+                cur = conn.execute(
+                    "UPDATE alerts SET severity=?, state=?, first_step=?, opened_step=?, "
+                    "last_step=?, resolved_step=?, count=?, message=?, details=? "
+                    "WHERE run_id=? AND rank=? AND rule=? AND series=? AND state='open'",
+                    (*values, run_id, a.rank, a.rule, a.series))
+                if cur.rowcount == 0:
+                    conn.execute(
+                        "INSERT INTO alerts(run_id, rank, rule, series, severity, state, "
+                        "first_step, opened_step, last_step, resolved_step, count, message, "
+                        "details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, a.rank, a.rule, a.series, *values))
+
+    # ---------------------------------------------------------------- reads
+
+    def runs(self) -> list[RunRow]:
+        rows = self._read_conn().execute(f"{_RUN_SELECT} ORDER BY r.created DESC, r.id DESC")
+        return [self._run_row(row) for row in rows.fetchall()]
+
+    def run(self, run_id: int) -> RunRow | None:
+        row = self._read_conn().execute(f"{_RUN_SELECT} WHERE r.id=?", (run_id,)).fetchone()
+        return None if row is None else self._run_row(row)
+
+    def _run_row(self, row: tuple[Any, ...]) -> RunRow:
+        (run_id, name, status, created, updated, last_step, world, reason, config) = row[:9]
+        conn = self._read_conn()
+        ranks = [r for (r,) in conn.execute(
+            "SELECT DISTINCT rank FROM streams WHERE run_id=? ORDER BY rank", (run_id,))]
+        dropped = conn.execute("SELECT coalesce(sum(dropped), 0) FROM streams WHERE run_id=?",
+                               (run_id,)).fetchone()[0]
+        steps, t0, t1 = conn.execute(
+            "SELECT count(*), min(time), max(time) FROM steps WHERE run_id=?",
+            (run_id,)).fetchone()
+        open_alerts = dict(conn.execute(
+            "SELECT severity, count(*) FROM alerts WHERE run_id=? AND state='open' "
+            "GROUP BY severity", (run_id,)).fetchall())
+        return RunRow(run_id, name, status, created, updated, last_step, world, ranks, dropped,
+                      reason, _loads(config), steps, t0, t1, open_alerts)
+
+    def series_list(self, run_id: int) -> list[SeriesInfo]:
+        rows = self._read_conn().execute(
+            "SELECT s.name, s.rank, (SELECT count(*) FROM points p WHERE p.series_id=s.id) "
+            "FROM series s WHERE s.run_id=? ORDER BY s.name, s.rank", (run_id,))
+        return [SeriesInfo(*row) for row in rows.fetchall()]
+
+    def series(self, run_id: int, name: str, *, rank: int | None = None,
+               start: int | None = None, end: int | None = None,
+               limit: int | None = None) -> list[SeriesData]:
+        conn = self._read_conn()
+        found = conn.execute(
+            "SELECT id, rank FROM series WHERE run_id=? AND name=? AND (? IS NULL OR rank=?) "
+            "ORDER BY rank", (run_id, name, rank, rank)).fetchall()
+        out = []
+        for series_id, series_rank in found:
+            rows = conn.execute(
+                "SELECT step, value FROM points WHERE series_id=? AND step>=? AND step<=? "
+                "ORDER BY step LIMIT ?",
+                (series_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
+            out.append(SeriesData(name, series_rank, [s for s, _ in rows],
+                                  [math.nan if v is None else v for _, v in rows]))
+        return out
+
+    def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
+              limit: int | None = None) -> list[ClipRow]:
+        rows = self._read_conn().execute(
+            "SELECT rank, step, raw, threshold, action, reason, components FROM clips "
+            "WHERE run_id=? AND step>=? AND step<=? ORDER BY step, rank LIMIT ?",
+            (run_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
+        return [ClipRow(rank, step, math.nan if raw is None else raw, thr, action, reason,
+                        {k: float_from_wire(v) for k, v in _loads(comps).items()})
+                for rank, step, raw, thr, action, reason, comps in rows]
+
+    def alerts(self, *, run: str | None = None, state: str | None = None) -> list[Alert]:
+        rows = self._read_conn().execute(
+            "SELECT r.name, a.rank, a.rule, a.series, a.severity, a.state, a.first_step, "
+            "a.opened_step, a.last_step, a.resolved_step, a.count, a.message, a.details "
+            "FROM alerts a JOIN runs r ON r.id=a.run_id "
+            "WHERE (? IS NULL OR r.name=?) AND (? IS NULL OR a.state=?) ORDER BY a.id DESC",
+            (run, run, state, state)).fetchall()
+        return [Alert(run=row[0], rank=row[1], rule=row[2], series=row[3], severity=row[4],
+                      state=row[5], first_step=row[6], opened_step=row[7], last_step=row[8],
+                      resolved_step=row[9], count=row[10], message=row[11],
+                      details=_decode_details(_loads(row[12])))
+                for row in rows]
+
+    def run_id(self, name: str) -> int | None:
+        """The id of the run called ``name``, if it exists."""
+        row = self._read_conn().execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+
+_RUN_SELECT = ("SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, "
+               "r.reason, r.config FROM runs r")
+
+
+def _lo(step: int | None) -> int:
+    return -(2**63) if step is None else step
+
+
+def _hi(step: int | None) -> int:
+    return 2**63 - 1 if step is None else step
+
+
+def _real(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_wire(obj), allow_nan=False, separators=(",", ":"))
+
+
+def _wire(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float_to_wire(obj)
+    if isinstance(obj, dict):
+        return {str(k): _wire(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_wire(v) for v in obj]
+    return obj
+
+
+def _loads(text: str | None) -> dict[str, Any]:
+    return {} if not text else dict(json.loads(text))
+
+
+def _decode_details(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: float_from_wire(v) if v in ("NaN", "Infinity", "-Infinity") else v
+            for k, v in details.items()}
