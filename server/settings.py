@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     port: int = Field(8765, ge=0, le=65535, description="port to listen on (0 picks a free one)")
     data_dir: Path = Field(Path("trainvitals-data"), description="where the SQLite store lives")
     ingest_token: str | None = Field(
-        None, description="token trainers must send; unset, `trainvitals serve` makes one up "
-        "and prints it")
+        None, description="token trainers must send; unset, `trainvitals serve` keeps one in "
+        "DATA_DIR/ingest-token")
     view_token: str | None = Field(
         None, description="if set, the dashboard and REST API require this (read-only) token")
     allowed_origins: list[str] = Field(
@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     def _token_not_blank(cls, value: str | None) -> str | None:
         if value is not None and len(value) < 8:
             raise ValueError("tokens must be at least 8 characters")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_parse(cls, value: list[str]) -> list[str]:
+        from trainvitals.server.alerts import Threshold
+
+        for text in value:
+            Threshold.parse(text)  # raises ValueError with the reason
         return value
 
     @property

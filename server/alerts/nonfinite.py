@@ -1,0 +1,72 @@
+"""The ``nonfinite`` rule: NaN or ±Inf in any reported value, tensor, or loss-guard input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from trainvitals.protocol import ClipEvent, Step, TensorStats
+from trainvitals.server.alerts import text
+from trainvitals.server.alerts.model import Details, Finding
+
+__all__ = ["nonfinite"]
+
+
+def nonfinite(step: Step, values: Mapping[str, float]) -> list[Finding]:
+    """Critical findings for every non-finite value, tensor and loss-guard input at this step.
+
+    ``values`` is ``step_values(step)``; an empty tensor (count 0) has NaN stats by construction
+    and is not reported.
+    """
+    found: list[Finding] = []
+    for series, x in values.items():
+        if not series.startswith("tensor/") and not math.isfinite(x):
+            found.append(_nonfinite_value(step, series, x))
+    # One finding per series: when the loss itself is non-finite, its finding already says so.
+    loss_finite = math.isfinite(values.get("loss", 0.0))
+    if step.clip is not None and not math.isfinite(step.clip.raw) and loss_finite:
+        found.append(_nonfinite_guard(step, step.clip))
+    for name, stats in step.tensors.items():
+        if _tensor_nonfinite(stats):
+            found.append(_nonfinite_tensor(step, name, stats))
+    return found
+
+
+def _tensor_nonfinite(stats: TensorStats) -> bool:
+    extremes = (stats.min, stats.max, stats.mean)
+    return stats.nonfinite > 0 or (stats.count > 0 and not all(map(math.isfinite, extremes)))
+
+
+def _nonfinite_value(step: Step, series: str, x: float) -> Finding:
+    message = f"Non-finite value at step {text.step(step.step)}: {series} is {text.value(x)}."
+    return Finding("nonfinite", series, "critical", message, {"value": x}, step.step)
+
+
+def _nonfinite_guard(step: Step, event: ClipEvent) -> Finding:
+    message = (
+        f"Non-finite value at step {text.step(step.step)}: the loss guard saw a raw loss of "
+        f"{text.value(event.raw)} (action {event.action})."
+    )
+    details: Details = {"value": event.raw, "action": event.action, "reason": event.reason}
+    return Finding("nonfinite", "loss", "critical", message, details, step.step)
+
+
+def _nonfinite_tensor(step: Step, name: str, stats: TensorStats) -> Finding:
+    dtype = f" ({stats.dtype})" if stats.dtype else ""
+    message = (
+        f"Non-finite tensor at step {text.step(step.step)}: {name}{dtype} has "
+        f"{text.count(stats.nan)} NaN, {text.count(stats.posinf)} +Inf, "
+        f"{text.count(stats.neginf)} -Inf of {text.count(stats.count)} elements; {_spread(stats)}."
+    )
+    details: Details = {
+        "count": stats.count, "nan": stats.nan, "posinf": stats.posinf, "neginf": stats.neginf,
+        "min": stats.min, "max": stats.max, "mean": stats.mean, "dtype": stats.dtype,
+    }
+    return Finding("nonfinite", f"tensor/{name}", "critical", message, details, step.step)
+
+
+def _spread(stats: TensorStats) -> str:
+    if math.isnan(stats.min):  # min/max/mean are over finite elements: NaN means there were none
+        return "no finite element"
+    extremes = (text.value(stats.min), text.value(stats.max), text.value(stats.mean))
+    return "finite min {}, max {}, mean {}".format(*extremes)
