@@ -8,6 +8,7 @@ valid message or raises ``ProtocolError``; it never returns something half-check
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -27,11 +28,12 @@ from trainvitals.protocol.messages import (
     TensorStats,
 )
 
-__all__ = ["MAX_NAME_LENGTH", "PROTOCOL_VERSION", "check_name", "decode", "encode"]
+__all__ = ["MAX_ENTRIES", "MAX_NAME_LENGTH", "PROTOCOL_VERSION", "check_name", "decode", "encode"]
 
 PROTOCOL_VERSION = 1
 MAX_NAME_LENGTH = 200  # run, metric, component and tensor names
 MAX_ENTRIES = 1000  # entries in one components / scalars / tensors map, records in one batch
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every integer field fits a signed 64-bit integer
 CLIP_ACTIONS = ("zeroed", "passed", "raised")
 CLIP_REASONS = ("above_threshold", "nan", "posinf", "neginf")
 RUN_STATUSES = ("finished", "crashed")
@@ -82,22 +84,38 @@ def _value_to_wire(value: Any) -> Any:
 
 def decode(data: str | bytes, *, max_bytes: int | None = None) -> Message:
     """The message in one frame. Raises ``ProtocolError`` saying what is wrong."""
-    if max_bytes is not None and len(data) > max_bytes:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}",
-                            code=TOO_LARGE)
+    if max_bytes is not None:
+        _check_size(data, max_bytes)
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}", code=MALFORMED) from None
+    except RecursionError:
+        raise ProtocolError("frame is not valid JSON: nested too deeply",
+                            code=MALFORMED) from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object", code=MALFORMED)
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
+    # type check first: True == 1 and 1.0 == 1 in Python, but neither is version 1
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}",
+            f"unsupported protocol version {_show(version)}; this side speaks {PROTOCOL_VERSION}",
             code=UNSUPPORTED_VERSION,
         )
     return _decode_object(obj, "frame")
+
+
+def _check_size(data: str | bytes, max_bytes: int) -> None:
+    """Refuse a frame over ``max_bytes``; a text frame counts as its UTF-8 encoding."""
+    size, exact = len(data), True
+    if isinstance(data, str) and not data.isascii():
+        if size > max_bytes:
+            exact = False  # over the limit on characters alone: no need to encode it
+        else:
+            size = len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ProtocolError(f"frame of {'' if exact else 'at least '}{size} bytes exceeds the "
+                            f"limit of {max_bytes}", code=TOO_LARGE)
 
 
 def _reject_constant(token: str) -> Any:
@@ -108,7 +126,7 @@ def _decode_object(obj: dict[str, Any], where: str) -> Message:
     kind = obj.get("type")
     decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
     if decoder is None:
-        raise ProtocolError(f"{where}: unknown message type {kind!r}")
+        raise ProtocolError(f"{where}: unknown message type {_show(kind)}")
     return decoder(_Fields(obj, f"{where} ({kind})"))
 
 
@@ -138,9 +156,17 @@ class _Fields:
         return _Fields(value, f"{self.where}.{key}")
 
 
+def _show(value: Any) -> str:
+    """A short repr for error messages, which go back to the peer in an error frame."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"must be an integer, got {value!r}")
+        raise TypeError(f"must be an integer, got {_show(value)}")
+    if not INT_MIN <= value <= INT_MAX:
+        raise ValueError("must fit in a signed 64-bit integer")
     return value
 
 
@@ -153,14 +179,27 @@ def _count(value: Any) -> int:
 
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"must be true or false, got {value!r}")
+        raise TypeError(f"must be true or false, got {_show(value)}")
     return value
 
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"must be a string, got {type(value).__name__}")
+    if not _is_unicode(value):
+        raise ValueError("must be valid Unicode text, not contain a lone surrogate")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (``"\\ud800"``), which UTF-8 cannot encode."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _name(value: Any) -> str:
@@ -177,13 +216,13 @@ def check_name(name: str) -> str:
     try:
         return _name(name)
     except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"name {name!r} {exc}") from None
+        raise ProtocolError(f"name {_show(name)} {exc}") from None
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+            raise ValueError(f"must be one of {', '.join(options)}; got {_show(value)}")
         return str(value)
     return check
 
@@ -202,7 +241,7 @@ def _map(value: Any, item: Callable[[Any], T]) -> dict[str, T]:
         try:
             out[_name(key)] = item(raw)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"entry {key!r} {exc}") from None
+            raise ValueError(f"entry {_show(key)} {exc}") from None
     return out
 
 
@@ -213,6 +252,16 @@ def _string_map(value: Any) -> dict[str, str]:
 def _json_object(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError("must be an object")
+    todo: list[Any] = [value]  # iterative: the JSON may nest as deep as the parser allowed
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str) and not _is_unicode(item):
+            raise ValueError("must not contain a lone surrogate in any string")
     return value
 
 
@@ -245,9 +294,16 @@ def _clip(value: Any) -> ClipEvent:
     )
 
 
+def _time(value: Any) -> float:
+    t = float_from_wire(value)
+    if not math.isfinite(t):
+        raise ValueError(f"must be a finite number of seconds, got {value!r}")
+    return t
+
+
 def _stream(f: _Fields) -> dict[str, Any]:
     return {"run": f.get("run", _name), "session": f.get("session", _name),
-            "rank": f.get("rank", _count, 0), "time": f.get("time", float_from_wire, 0.0)}
+            "rank": f.get("rank", _count, 0), "time": f.get("time", _time, 0.0)}
 
 
 def _run_start(f: _Fields) -> RunStart:

@@ -26,11 +26,23 @@ def float_to_wire(value: float) -> float | str:
 
 
 def float_from_wire(value: Any) -> float:
-    """The float a wire value stands for; raises ``TypeError`` for anything else."""
+    """The float a wire value stands for; raises ``TypeError`` for anything else.
+
+    Like ``JSON.parse`` and ``float("1e400")``, an integer beyond the float range reads as
+    ±Infinity (``float(10**400)`` alone would raise ``OverflowError``).
+    """
     if isinstance(value, bool):  # bool is an int subclass; True is not a number here
         raise TypeError("expected a number, got a boolean")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
         return float(value)
     if isinstance(value, str) and value in NON_FINITE_STRINGS:
         return NON_FINITE_STRINGS[value]
-    raise TypeError(f"expected a number or one of 'NaN', 'Infinity', '-Infinity', got {value!r}")
+    shown = repr(value)
+    if len(shown) > 60:  # the message goes back to the peer in an error frame; keep it short
+        shown = shown[:57] + "..."
+    raise TypeError(f"expected a number or one of 'NaN', 'Infinity', '-Infinity', got {shown}")
