@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), rank INTEGER NOT NULL,
     name TEXT NOT NULL, UNIQUE (run_id, rank, name));
--- value NULL means NaN (SQLite cannot store NaN); +/-Inf are stored as themselves
+-- value NULL means NaN (SQLite cannot store NaN); +/-Inf are stored as themselves.
+-- The same holds for clips.raw and clips.threshold.
 CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
     PRIMARY KEY (series_id, step)
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS steps (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clips (
     run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, raw REAL,
-    threshold REAL NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+    threshold REAL, action TEXT NOT NULL, reason TEXT NOT NULL,
     components TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (run_id, rank, step)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (

@@ -50,14 +50,19 @@ class SQLiteStore:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._write_conn()
+        # Check the version before running SCHEMA: its statements may not apply to another
+        # version's tables (and must not change a file this server will refuse).
+        found = None
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone() is not None:
+            found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if found is not None and int(found[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema version {found[0]}; this server "
+                               f"needs {SCHEMA_VERSION}. Use a new data directory.")
         with conn:
             conn.executescript(SCHEMA)
-            found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if found is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif int(found[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema version {found[0]}; this server "
-                                   f"needs {SCHEMA_VERSION}. Use a new data directory.")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (SCHEMA_VERSION,))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -82,14 +87,23 @@ class SQLiteStore:
         conn = self._write_conn()
         accepted: list[Record] = []
         top_seq: dict[Stream, int] = {}
-        with conn:
-            for record in records:
-                key = (record.run, record.rank, record.session)
-                top_seq[key] = max(top_seq.get(key, -1), record.seq)
-                if self._first_time(conn, record):
-                    self._apply(conn, record)
-                    accepted.append(record)
+        try:
+            with conn:
+                for record in records:
+                    key = (record.run, record.rank, record.session)
+                    top_seq[key] = max(top_seq.get(key, -1), record.seq)
+                    if self._first_time(conn, record):
+                        self._apply(conn, record)
+                        accepted.append(record)
+        except BaseException:
+            self._forget_ids()  # the rollback may have taken ids cached during this write
+            raise
         return WriteResult(accepted, dict(self._run_ids), top_seq)
+
+    def _forget_ids(self) -> None:
+        self._run_ids.clear()
+        self._series_ids.clear()
+        self._stream_ids.clear()
 
     def _first_time(self, conn: sqlite3.Connection, record: Record) -> bool:
         stream_id = self._stream_id(conn, record)
@@ -103,7 +117,8 @@ class SQLiteStore:
             self._write_step(conn, run_id, record)
         elif isinstance(record, RunStart):
             conn.execute(
-                "UPDATE runs SET status='running', updated=?, world_size=max(world_size, ?), "
+                "UPDATE runs SET status='running', reason='', updated=?, "
+                "world_size=max(world_size, ?), "
                 "config=CASE WHEN config='{}' THEN ? ELSE config END WHERE id=?",
                 (record.time, record.world_size, _dumps(record.config), run_id))
             conn.execute("UPDATE streams SET host=?, pid=?, versions=?, started=? WHERE id=?",
@@ -123,7 +138,8 @@ class SQLiteStore:
             c = step.clip
             conn.execute(
                 "INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, step.rank, step.step, _real(c.raw), c.threshold, c.action, c.reason,
+                (run_id, step.rank, step.step, _real(c.raw), _real(c.threshold), c.action,
+                 c.reason,
                  _dumps(c.components)))
         conn.execute(
             "UPDATE runs SET updated=max(updated, ?), last_step=max(coalesce(last_step, ?), ?) "
@@ -134,13 +150,20 @@ class SQLiteStore:
         conn.execute("UPDATE streams SET ended=?, status=?, reason=?, dropped=? WHERE id=?",
                      (end.time, end.status, end.reason, end.dropped,
                       self._stream_id(conn, end)))
-        # A run is over when none of its streams is still open; crashed if any crashed.
-        open_streams, crashed = conn.execute(
-            "SELECT sum(ended IS NULL), sum(status='crashed') FROM streams WHERE run_id=?",
+        # A run is over when the latest session of every rank has ended (an earlier session
+        # was resumed, whether it ended or was killed); crashed, and why, if any of those crashed.
+        latest = "SELECT max(id) FROM streams WHERE run_id=? GROUP BY rank"
+        (open_streams,) = conn.execute(
+            f"SELECT count(*) FROM streams WHERE ended IS NULL AND id IN ({latest})",
             (run_id,)).fetchone()
-        if not open_streams:
-            conn.execute("UPDATE runs SET status=?, reason=?, updated=max(updated, ?) WHERE id=?",
-                         ("crashed" if crashed else "finished", end.reason, end.time, run_id))
+        if open_streams:
+            return
+        crashed = conn.execute(
+            f"SELECT reason FROM streams WHERE status='crashed' AND id IN ({latest}) "
+            "ORDER BY ended DESC, id DESC LIMIT 1", (run_id,)).fetchone()
+        status, reason = ("crashed", crashed[0]) if crashed else ("finished", end.reason)
+        conn.execute("UPDATE runs SET status=?, reason=?, updated=max(updated, ?) WHERE id=?",
+                     (status, reason, end.time, run_id))
 
     def _run_id(self, conn: sqlite3.Connection, name: str, time: float) -> int:
         if name not in self._run_ids:
@@ -170,6 +193,13 @@ class SQLiteStore:
 
     def save_alerts(self, alerts: Iterable[Alert]) -> None:
         conn = self._write_conn()
+        try:
+            self._save_alerts(conn, alerts)
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def _save_alerts(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> None:
         with conn:
             for a in alerts:
                 run_id = self._run_id(conn, a.run, 0.0)
@@ -242,7 +272,7 @@ class SQLiteStore:
             "SELECT rank, step, raw, threshold, action, reason, components FROM clips "
             "WHERE run_id=? AND step>=? AND step<=? ORDER BY step, rank LIMIT ?",
             (run_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
-        return [ClipRow(rank, step, math.nan if raw is None else raw, thr, action, reason,
+        return [ClipRow(rank, step, _float(raw), _float(thr), action, reason,
                         {k: float_from_wire(v) for k, v in _loads(comps).items()})
                 for rank, step, raw, thr, action, reason, comps in rows]
 
@@ -279,6 +309,10 @@ def _hi(step: int | None) -> int:
 
 def _real(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _dumps(obj: Any) -> str:

@@ -75,12 +75,21 @@ class Writer:
         while True:
             jobs, stop = await self._take()
             if jobs:
-                try:
-                    await self._commit(jobs)
-                except Exception:  # keep serving; the producers will resend what was not acked
-                    log.exception("commit of %d job(s) failed", len(jobs))
+                await self._commit_isolated(jobs)
             if stop:
                 return
+
+    async def _commit_isolated(self, jobs: list[_Job]) -> None:
+        """Commit jobs together; if that fails, one by one, so one bad frame costs only itself."""
+        try:
+            await self._commit(jobs)
+            return
+        except Exception:  # keep serving; what was not acked is not acked
+            if len(jobs) == 1:
+                log.exception("commit of %d record(s) failed", len(jobs[0].records))
+                return
+        for job in jobs:
+            await self._commit_isolated([job])
 
     async def _take(self) -> tuple[list[_Job], bool]:
         first = await self._queue.get()

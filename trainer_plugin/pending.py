@@ -56,8 +56,8 @@ class PendingStep:
             loss = v["g/raw"][0] if loss is None else loss
             used = v["g/used"][0] if used is None else used
         components = {n: v[f"c/{n}"][0] for n in self.components}
-        if not components and clip is not None:
-            components = dict(clip.components)
+        if not components and self.guard is not None:  # every step, not only clipped ones
+            components = {n: v[f"gc/{n}"][0] for n in self.guard[1]}
         return Step(
             run=self.run, session=self.session, seq=self.seq, step=self.step, rank=self.rank,
             time=self.time, loss=loss, loss_used=used, grad_norm=one("grad_norm"),

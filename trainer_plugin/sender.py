@@ -115,8 +115,9 @@ class Sender:
         self.flush(timeout)
         self._deadline = time.monotonic()
         self._closing.set()
-        with contextlib.suppress(queue.Full):  # the thread stops at the deadline regardless
-            self._queue.put(_STOP, timeout=1.0)
+        # Never wait for room: with the queue full, the thread stops once it has emptied it.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)
         self._thread.join(timeout=2.0)
         return self.stats()
 
@@ -144,7 +145,8 @@ class Sender:
             first = self._queue.get(timeout=self._idle_poll)
         except queue.Empty:
             self._read_replies()
-            return [], False
+            # Closed, and nothing left: stop even if _STOP found no room in a full queue.
+            return [], self._closing.is_set() and time.monotonic() >= self._deadline
         items = [first]
         while len(items) < self._batch_size and items[-1] is not _STOP:
             try:
@@ -213,8 +215,13 @@ class Sender:
 
     def _open(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        return self._connect_fn(self.url, additional_headers=headers, open_timeout=5,
-                                close_timeout=1, proxy=None, max_size=self._max_frame)
+        ws = self._connect_fn(self.url, additional_headers=headers, open_timeout=5,
+                              close_timeout=1, proxy=None, max_size=self._max_frame)
+        # Enter it as a context manager (left by ws.close() in _disconnect): websockets >= 17.1
+        # warns on the first send of a connection used otherwise, and a warnings-as-errors
+        # setting would turn that warning into an exception that ends this thread.
+        ws.__enter__()
+        return ws
 
     def _read_replies(self) -> None:
         while self._ws is not None:

@@ -67,7 +67,9 @@ class StepStaging:
         flat = value.detach().reshape(-1)
         group = self._groups.setdefault(flat.device, _DeviceGroup())
         self._slots[key] = (flat.device, group.width, flat.numel())
-        group.parts.append(flat.to(torch.float64))
+        # copy=True: a float64 value must be taken now, like any other (to() of another
+        # dtype copies anyway); the caller may update its tensor in place before seal().
+        group.parts.append(flat.to(torch.float64, copy=True))
         group.width += flat.numel()
 
     def seal(self) -> PendingValues:

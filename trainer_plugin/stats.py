@@ -24,18 +24,21 @@ def stats_vector(t: torch.Tensor) -> torch.Tensor:
     flat = t.detach().reshape(-1)
     if not (flat.is_floating_point() or flat.is_complex()):
         flat = flat.to(torch.float64)  # integers have no NaN; float64 holds them exactly enough
+    # No torch.tensor(..., device=...) here: building a device tensor from host data is a
+    # blocking host-to-device copy on CUDA, which waits for the whole stream. Python scalars
+    # go to kernels as arguments instead.
     if flat.numel() == 0:
-        empty = [0.0, 0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
-        return torch.tensor(empty, dtype=torch.float64, device=flat.device)
+        empty = (0.0, 0.0, 0.0, 0.0, math.inf, -math.inf, 0.0)
+        return torch.stack([torch.full((), v, dtype=torch.float64, device=flat.device)
+                            for v in empty])
     finite = torch.isfinite(flat)
-    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
     parts = (
         torch.isnan(flat).sum(),
         torch.isposinf(flat).sum(),
         torch.isneginf(flat).sum(),
         finite.sum(),
-        torch.where(finite, flat, inf).amin(),
-        torch.where(finite, flat, -inf).amax(),
+        torch.where(finite, flat, math.inf).amin(),
+        torch.where(finite, flat, -math.inf).amax(),
         torch.where(finite, flat, 0).sum(dtype=torch.float64),
     )
     return torch.stack([p.to(torch.float64) for p in parts])

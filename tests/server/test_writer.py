@@ -1,0 +1,111 @@
+"""The single writer with its real parts: SQLite store, alert engine and hub, on an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainvitals.protocol import Ack, Record, RunStart, Step
+from trainvitals.server import SQLiteStore
+from trainvitals.server.alerts import AlertConfig, AlertEngine
+from trainvitals.server.hub import Hub
+from trainvitals.server.sinks import BrowserSink
+from trainvitals.server.writer import Writer
+
+
+class Replies:
+    """Collects what the writer hands back to one connection."""
+
+    def __init__(self) -> None:
+        self.acks: list[Ack] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, acks: list[Ack]) -> None:
+        self.acks.extend(acks)
+        self.event.set()
+
+    async def wait(self) -> list[Ack]:
+        await asyncio.wait_for(self.event.wait(), 10)
+        self.event.clear()
+        return self.acks
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    store = SQLiteStore(tmp_path / "tv.sqlite3")
+    hub = Hub(64)
+    writer = Writer(store, AlertEngine(AlertConfig()), hub, [BrowserSink(hub)])
+    yield {"store": store, "hub": hub, "writer": writer}
+    await writer.stop()
+
+
+def records(run: str, session: str, first_step: int, n: int, seq0: int = 1) -> list[Record]:
+    out: list[Record] = [RunStart(run=run, session=session)] if seq0 == 1 else []
+    out += [Step(run=run, session=session, seq=seq0 + i, step=first_step + i, loss=float(i))
+            for i in range(n)]
+    return out
+
+
+async def test_acks_after_commit_and_a_resend_is_acked_but_not_applied(parts: Any) -> None:
+    writer, store, hub = parts["writer"], parts["store"], parts["hub"]
+    viewer = hub.connect()
+    viewer.runs = {"r"}
+    await writer.start()
+    batch = records("r", "s", 0, 3)
+
+    first = Replies()
+    await writer.submit(batch, first)
+    assert await first.wait() == [Ack(run="r", session="s", seq=3)]
+    again = Replies()
+    await writer.submit(batch, again)
+    assert await again.wait() == [Ack(run="r", session="s", seq=3)]
+
+    assert writer.committed == 4
+    (data,) = store.series(store.run_id("r"), "loss")
+    assert data.steps == [0, 1, 2]
+    kinds = []
+    while not viewer.queue.empty():
+        kinds.append(viewer.queue.get_nowait()["type"])
+    assert kinds == ["run", "steps"]  # the resend published nothing
+
+
+async def test_one_unstorable_frame_does_not_cost_the_frames_committed_with_it(parts: Any) -> None:
+    writer, store = parts["writer"], parts["store"]
+    bad, good = Replies(), Replies()
+    # Queued before the writer starts, so its first transaction holds both jobs.
+    unstorable = [RunStart(run="bad", session="b"),
+                  Step(run="bad", session="b", seq=1, step=2**70, loss=1.0)]
+    await writer.submit(unstorable, bad)
+    await writer.submit(records("good", "g", 0, 2), good)
+    await writer.start()
+
+    assert await good.wait() == [Ack(run="good", session="g", seq=2)]
+    assert bad.acks == []
+    assert [r.name for r in store.runs()] == ["good"]
+    (data,) = store.series(store.run_id("good"), "loss")
+    assert (data.steps, data.values) == ([0, 1], [0.0, 1.0])
+
+
+async def test_alerts_are_judged_saved_and_published(parts: Any) -> None:
+    writer, store, hub = parts["writer"], parts["store"], parts["hub"]
+    viewer = hub.connect()  # follows nothing: alerts and run changes still reach it
+    await writer.start()
+    done = Replies()
+    await writer.submit([RunStart(run="r", session="s"),
+                         Step(run="r", session="s", seq=1, step=0, loss=math.nan)], done)
+    await done.wait()
+
+    (alert,) = store.alerts(state="open")
+    assert (alert.rule, alert.series, alert.severity, alert.opened_step) == (
+        "nonfinite", "loss", "critical", 0)
+    messages = []
+    while not viewer.queue.empty():
+        messages.append(viewer.queue.get_nowait())
+    assert [m["type"] for m in messages] == ["run", "alert"]
+    assert messages[1]["change"] == "opened"
+    assert messages[1]["alert"]["details"]["value"] == "NaN"
