@@ -1,0 +1,232 @@
+// One plotly chart of step series that grows live.
+//
+// Points are added one by one (from REST on load, from the websocket afterwards). Before the
+// first draw they collect in the trace objects; afterwards they are batched and appended with
+// Plotly.extendTraces (new series with Plotly.addTraces) — no full redraw per update.
+//
+// Non-finite values never vanish: NaN, +Inf and -Inf (and, on a log axis, values <= 0) leave a
+// gap in their line and get a marker on a hidden overlay axis whose range is the plot height,
+// so the marker sits at the top/bottom edge of whatever y-range the finite data has.
+// Each trace has a stable key in its `meta`, for tests and for code: `s:<series>#<rank>`,
+// `edge:<kind>`, and the key given to `addMarker` (e.g. `clip`). Its plotly `uid` is that key
+// made CSS-safe (plotly builds selectors from uids; series names may hold any character).
+
+import { formatValue, plotlyText } from './format.js';
+
+export const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+
+/** Where each kind of off-scale value is drawn (y on the 0..1 overlay axis) and how. */
+export const EDGES = {
+  nan: { y: 1, label: 'NaN', symbol: 'x-thin-open', color: '#111827', size: 11, width: 3 },
+  posinf: { y: 1, label: '+Inf', symbol: 'triangle-up', color: '#9333ea', size: 11, width: 1 },
+  neginf: { y: 0, label: '-Inf', symbol: 'triangle-down', color: '#9333ea', size: 11, width: 1 },
+  nonpos: { y: 0, label: '≤ 0 (off log scale)', symbol: 'circle-open', color: '#64748b', size: 8,
+            width: 1.5 },
+};
+
+const CONFIG = {
+  responsive: true,
+  displaylogo: false,
+  modeBarButtonsToRemove: ['select2d', 'lasso2d', 'autoScale2d'],
+};
+
+const FLUSH_MS = 50;
+
+/** 'finite', or the EDGES kind under which `v` is drawn. */
+export function classify(v, logY) {
+  if (typeof v !== 'number' || Number.isNaN(v)) return 'nan';
+  if (v === Infinity) return 'posinf';
+  if (v === -Infinity) return 'neginf';
+  if (logY && v <= 0) return 'nonpos';
+  return 'finite';
+}
+
+/** A trace key as a plotly uid: only [A-Za-z0-9_-], never starting with a digit. */
+export function safeUid(key) {
+  return `t-${key.replace(/[^A-Za-z0-9-]/g, (c) => `_${c.codePointAt(0).toString(16)}_`)}`;
+}
+
+function edgeTrace(kind) {
+  const e = EDGES[kind];
+  return {
+    type: 'scatter', mode: 'markers', name: e.label, yaxis: 'y2', cliponaxis: false,
+    marker: { symbol: e.symbol, color: e.color, size: e.size, line: { color: e.color, width: e.width } },
+    hovertemplate: '%{text}<extra></extra>', legendrank: 2000, // after the series
+  };
+}
+
+export class Chart {
+  /**
+   * @param {HTMLElement} el the div plotly draws into
+   * @param {object} options logY, height, yTitle
+   */
+  constructor(el, { logY = false, height = 300, yTitle = '' } = {}) {
+    this.el = el;
+    this.logY = logY;
+    this.height = height;
+    this.yTitle = yTitle;
+    this.ops = Promise.resolve();
+    this.timer = null;
+    this.draws = 0; // full draws (Plotly.react) so far; live updates must not add to it
+    this.reset();
+  }
+
+  /** Forget all points (the next `draw` replaces what is shown). */
+  reset() {
+    this.traces = [];
+    this.index = new Map(); // key -> trace index
+    this.seen = new Map(); // trace index -> Set of point keys already added
+    this.pending = new Map(); // trace index -> {x, y, text} waiting for extendTraces
+    this.unsent = new Map(); // "kind:step" -> [text array, index] of an edge marker not sent yet
+    this.plotted = 0; // traces [0, plotted) are on the plot
+    this.drawn = false;
+    clearTimeout(this.timer);
+    this.timer = null;
+    for (const kind of Object.keys(EDGES)) {
+      if (kind !== 'nonpos' || this.logY) this.trace(`edge:${kind}`, () => edgeTrace(kind));
+    }
+  }
+
+  /** The index of the trace with key `key`, made with `make()` if it does not exist yet. */
+  trace(key, make) {
+    let i = this.index.get(key);
+    if (i === undefined) {
+      i = this.traces.length;
+      this.traces.push({ ...make(), meta: key, uid: safeUid(key), x: [], y: [], text: [] });
+      this.index.set(key, i);
+      this.seen.set(i, new Set());
+    }
+    return i;
+  }
+
+  /** Append a point to trace `i`; returns where its text went ([array, index]). */
+  push(i, x, y, text) {
+    let target = this.traces[i];
+    if (this.drawn && i < this.plotted) {
+      target = this.pending.get(i);
+      if (!target) { target = { x: [], y: [], text: [] }; this.pending.set(i, target); }
+    }
+    target.x.push(x); target.y.push(y); target.text.push(text);
+    return [target.text, target.text.length - 1];
+  }
+
+  /**
+   * Add the value of series `key` at `step`; a step already present is ignored (so REST and
+   * live data may overlap). `label` (user text, escaped here) names the series; `make()`
+   * builds its trace the first time; `note` (plotly text) goes into the point's hover text,
+   * or the off-scale marker's. Off-scale values of several series at one step share one
+   * marker while it is not drawn yet (hover lists them all). Returns false for a duplicate.
+   */
+  addPoint(key, label, make, step, value, note = '') {
+    const i = this.trace(key, () => ({ ...make(), name: plotlyText(label) }));
+    const seen = this.seen.get(i);
+    if (seen.has(step)) return false;
+    seen.add(step);
+    const kind = classify(value, this.logY);
+    this.push(i, step, kind === 'finite' ? value : null, note ? `<br>${note}` : '');
+    if (kind !== 'finite') {
+      const line = `${plotlyText(label)}${kind === 'nonpos' ? ` = ${formatValue(value)}` : ''}`
+        + `${note ? ` (${note})` : ''}`;
+      const key = `${kind}:${step}`;
+      const shared = this.unsent.get(key);
+      if (shared) {
+        shared[0][shared[1]] += `<br>${line}`;
+      } else {
+        const head = kind === 'nonpos' ? '≤ 0, not on the log scale,' : EDGES[kind].label;
+        this.unsent.set(key, this.push(this.index.get(`edge:${kind}`), step, EDGES[kind].y,
+          `<b>${head} at step ${step}</b><br>${line}`));
+      }
+    }
+    return true;
+  }
+
+  /** Add one point to the marker trace `key` (e.g. clip events); `pointKey` dedupes. */
+  addMarker(key, make, pointKey, x, y, text) {
+    const i = this.trace(key, make);
+    const seen = this.seen.get(i);
+    if (seen.has(pointKey)) return false;
+    seen.add(pointKey);
+    this.push(i, x, y, text);
+    return true;
+  }
+
+  layout() {
+    const grid = '#e5e7eb';
+    return {
+      height: this.height,
+      margin: { l: 60, r: 16, t: 12, b: 40 },
+      font: { family: FONT, size: 12, color: '#1f2937' },
+      paper_bgcolor: '#ffffff',
+      plot_bgcolor: '#ffffff',
+      hovermode: 'closest',
+      hoverlabel: { font: { family: FONT }, align: 'left' },
+      uirevision: 'keep', // keep the user's zoom across updates
+      showlegend: true,
+      legend: { orientation: 'h', x: 0, y: 1.03, yanchor: 'bottom', font: { size: 11 } },
+      xaxis: { title: { text: 'step', standoff: 6 }, gridcolor: grid, zeroline: false,
+               automargin: true, ticklabelstandoff: 6 },
+      yaxis: { type: this.logY ? 'log' : 'linear', title: { text: this.yTitle }, gridcolor: grid,
+               zeroline: !this.logY, zerolinecolor: '#9ca3af', automargin: true,
+               exponentformat: 'power' },
+      // The edge-marker axis: 0 = bottom border of the plot, 1 = top border; never shown or
+      // zoomed. Markers sit on the borders (cliponaxis: false), just outside the data's range.
+      yaxis2: { overlaying: 'y', range: [0, 1], visible: false, fixedrange: true },
+    };
+  }
+
+  /** Draw everything from scratch (first load, reload after resync/reconnect). */
+  draw() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    // A copy: plotly keeps the array it is given as gd.data and appends to it in addTraces.
+    const traces = this.traces.slice();
+    this.pending = new Map();
+    this.unsent = new Map();
+    this.plotted = traces.length;
+    this.drawn = true;
+    this.draws += 1;
+    this.enqueue(() => window.Plotly.react(this.el, traces, this.layout(), CONFIG));
+  }
+
+  /** Append what was added since the last draw/flush, soon (updates are batched). */
+  schedule() {
+    if (this.drawn && this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+  }
+
+  flush() {
+    this.timer = null;
+    if (!this.drawn) return;
+    const added = this.traces.slice(this.plotted);
+    const pending = this.pending;
+    this.pending = new Map();
+    this.unsent = new Map();
+    this.plotted = this.traces.length;
+    if (!added.length && !pending.size) return;
+    this.enqueue(async () => {
+      if (added.length) await window.Plotly.addTraces(this.el, added);
+      if (pending.size) {
+        const indices = [...pending.keys()];
+        const take = (k) => indices.map((i) => pending.get(i)[k]);
+        await window.Plotly.extendTraces(this.el, { x: take('x'), y: take('y'), text: take('text') },
+          indices);
+      }
+    });
+  }
+
+  /** Plotly calls run one after another, in the order they were asked for. */
+  enqueue(op) {
+    this.ops = this.ops.then(op).catch((err) => console.error('trainvitals: chart update failed', err));
+    return this.ops;
+  }
+
+  /** Resolves when all queued plotly work is done (tests, chained updates). */
+  settled() {
+    return this.ops;
+  }
+
+  destroy() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.enqueue(() => window.Plotly.purge(this.el));
+  }
+}
