@@ -44,12 +44,18 @@ class LogSink:
 
 
 class BrowserSink:
-    """Pushes every change to the viewers of its run (and the runs list)."""
+    """Pushes alert changes to browsers.
+
+    Openings and resolutions go to every viewer (the runs list counts open alerts); the
+    per-step "updated" repeats of an open alert go only to viewers of that run, so a long
+    stall does not flood every page.
+    """
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
     def deliver(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:
-            self._hub.publish(None, {"type": "alert", "change": change.kind,
-                                     "alert": to_wire(change.alert)})
+            audience = change.alert.run if change.kind == "updated" else None
+            self._hub.publish(audience, {"type": "alert", "change": change.kind,
+                                         "alert": to_wire(change.alert)})
