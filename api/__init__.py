@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Monitor", "NonFiniteLossError", "__version__"]
+__all__ = ["Monitor", "NonFiniteLossError", "__version__", "attach"]
 
 if TYPE_CHECKING:
-    from trainvitals.trainer_plugin import Monitor, NonFiniteLossError
+    from trainvitals.trainer_plugin import Monitor, NonFiniteLossError, attach
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Monitor", "NonFiniteLossError"):
+    if name in ("Monitor", "NonFiniteLossError", "attach"):
         import trainvitals.trainer_plugin as plugin
 
         return getattr(plugin, name)

@@ -1,4 +1,5 @@
-"""The ``trainvitals`` command: ``serve`` runs the server, ``demo`` shows what it catches.
+"""The ``trainvitals`` command: ``serve`` runs the server, ``demo`` shows what it catches,
+``sync`` uploads what a run left in its spool.
 
 Every server option is a ``Settings`` field, so ``serve --help`` lists them all, generated from
 the same descriptions; flags override ``TRAINVITALS_*`` variables, which override defaults.
@@ -12,7 +13,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 __all__ = ["main"]
 
@@ -54,11 +55,31 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true",
                       help="stop the server when the runs end instead of serving on")
     demo.set_defaults(run=_demo)
+    sync = commands.add_parser(
+        "sync", help="upload the records a run left in its spool (server down or offline)",
+        description="Upload what spools hold — records a server never acknowledged, or a run "
+        "recorded with Monitor(server=None) — and delete them once the server has them. "
+        "Safe to repeat: the server stores each record once.")
+    sync.add_argument("path", type=Path, help="a spool directory (default of the plugin: "
+                      "~/.cache/trainvitals/spool) or one of its .jsonl files")
+    sync.add_argument("--server", default=None, help="server URL, e.g. ws://gpu-box:8765 "
+                      "[env TRAINVITALS_SERVER, default ws://127.0.0.1:8765]")
+    sync.add_argument("--token", default=None, help="ingest token [env TRAINVITALS_TOKEN]")
+    sync.add_argument("--timeout", type=float, default=300.0,
+                      help="seconds to wait for the server per stream (default 300)")
+    sync.set_defaults(run=_sync)
+    from trainvitals.cli_ops import add_commands  # export, import, train-demo
+
+    add_commands(commands)
     return parser
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    from trainvitals.server import Settings
+    try:
+        from trainvitals.server import Settings
+    except ImportError:  # a plugin-only install (a training image): the other commands work
+        parser.epilog = "The server is not installed here: pip install 'trainvitals[server]'."
+        return
 
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -66,6 +87,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{field.description} [env TRAINVITALS_{name.upper()}]"
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif get_origin(field.annotation) is Literal:
+            parser.add_argument(flag, dest=name, choices=get_args(field.annotation),
                                 default=None, help=help_text)
         elif many:
             parser.add_argument(flag.rstrip("s"), dest=name, action="append", type=kind,
@@ -93,6 +117,8 @@ def _settings_from(args: argparse.Namespace) -> Any:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"trainvitals: bad setting — {problems}") from None
+    except ValueError as exc:  # the config file: missing, or not TOML
+        raise SystemExit(f"trainvitals: bad setting — {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -130,6 +156,26 @@ def _demo(args: argparse.Namespace) -> int:
     setup_logging()
     return run_demo(port=args.port, data_dir=args.data_dir, variants=args.variants.split(","),
                     steps=args.steps, keep_serving=not args.exit)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import os
+
+    from trainvitals.trainer_plugin.link import ingest_url
+    from trainvitals.trainer_plugin.upload import sync
+
+    url = ingest_url(args.server or os.environ.get("TRAINVITALS_SERVER")
+                     or "ws://127.0.0.1:8765")
+    assert url is not None
+    token = args.token or os.environ.get("TRAINVITALS_TOKEN")
+    if not args.path.exists():
+        raise SystemExit(f"trainvitals sync: {args.path} does not exist")
+    setup_logging(logging.ERROR)  # the summary below says what went wrong, once
+    result = sync(args.path, url, token, timeout=args.timeout, out=sys.stderr)
+    print(f"trainvitals sync: {result.uploaded} record(s) of {result.streams} stream(s) "
+          f"uploaded to {url.removesuffix('/ws/ingest')}"
+          + (f"; {result.left} left in {args.path}" if result.left else ""), flush=True)
+    return 0 if result.ok else 1
 
 
 def setup_logging(level: int = logging.INFO) -> None:

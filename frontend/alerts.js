@@ -1,5 +1,6 @@
 // The alerts of one run: severity, rule, message, first/last step, count, open/resolved.
-// Items: `#alerts li[data-severity][data-state][data-rule][data-series]`, open ones first.
+// Items: `#alerts li[data-severity][data-state][data-rule][data-series][data-step]`, open ones
+// first. Clicking one (or Enter on it) calls `onSelect(alert)`: the run view zooms to its step.
 
 import { h, replaceChildren } from './dom.js';
 
@@ -18,10 +19,12 @@ function newer(a, b) {
 
 export class AlertsPanel {
   /** @param {HTMLUListElement} list  @param {HTMLElement} emptyNote shown when there are none */
-  constructor(list, emptyNote, { multiRank = false } = {}) {
+  constructor(list, emptyNote, { multiRank = false, onSelect = null } = {}) {
     this.list = list;
     this.emptyNote = emptyNote;
     this.multiRank = multiRank;
+    this.onSelect = onSelect;
+    this.selected = null; // key of the alert last clicked
     this.alerts = new Map();
   }
 
@@ -59,8 +62,20 @@ export class AlertsPanel {
       : `steps ${a.first_step}–${a.last_step}`;
     const state = a.state === 'open' ? 'open'
       : `resolved${a.resolved_step !== null && a.resolved_step !== undefined ? ` at step ${a.resolved_step}` : ''}`;
-    return h('li', { class: `alert sev-${a.severity} state-${a.state}`,
-                     dataset: { severity: a.severity, state: a.state, rule: a.rule, series: a.series } },
+    const key = alertKey(a);
+    const select = () => {
+      this.selected = key;
+      for (const li of this.list.children) li.removeAttribute('aria-current');
+      item.setAttribute('aria-current', 'true');
+      if (this.onSelect) this.onSelect(a);
+    };
+    const item = h('li', { class: `alert sev-${a.severity} state-${a.state}`, tabindex: 0,
+                           title: 'Zoom all charts to this alert',
+                           'aria-current': this.selected === key ? 'true' : null,
+                           dataset: { severity: a.severity, state: a.state, rule: a.rule, series: a.series,
+                                      step: a.first_step },
+                           onclick: select,
+                           onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); select(); } } },
       h('div', { class: 'alert-head' },
         h('span', { class: `badge sev-${a.severity}` }, a.severity),
         h('span', { class: 'rule' }, a.rule),
@@ -72,5 +87,6 @@ export class AlertsPanel {
         h('span', { class: 'steps' }, steps),
         h('span', { class: 'count', title: 'steps on which the condition held' }, `× ${a.count}`)),
     );
+    return item;
   }
 }

@@ -89,17 +89,32 @@ export class Api {
     return this.get(`/api/runs/${encodeURIComponent(runId)}`);
   }
 
-  /** Points of the named series: [{name, rank, steps, values}] with values decoded. */
-  async series(runId, names) {
+  /**
+   * Points of the named series: [{name, rank, steps, values, downsampled}], values decoded.
+   * `buckets` (chart width in pixels) lets the server thin long ranges (M4: extremes and
+   * NaN/Inf kept); `start`/`end` limit the steps.
+   */
+  async series(runId, names, { buckets = null, start = null, end = null } = {}) {
     if (!names.length) return [];
-    const body = await this.get(`/api/runs/${encodeURIComponent(runId)}/series`, { name: names });
-    return body.series.map((s) => ({ ...s, values: s.values.map(fromWire) }));
+    const body = await this.get(`/api/runs/${encodeURIComponent(runId)}/series`,
+      { name: names, buckets, start, end });
+    return body.series.map((s) => ({ ...s, values: s.values.map(fromWire), downsampled: !!s.downsampled }));
   }
 
-  /** Clip events of a run, decoded. */
-  async clips(runId) {
-    const body = await this.get(`/api/runs/${encodeURIComponent(runId)}/clips`, { limit: 200000 });
+  /** Clip events of a run (within [start, end] if given), decoded. */
+  async clips(runId, { start = null, end = null, limit = 200000 } = {}) {
+    const body = await this.get(`/api/runs/${encodeURIComponent(runId)}/clips`, { limit, start, end });
     return body.clips.map(decodeClip);
+  }
+
+  /** The run's health in words: {level: ok|warning|critical, summary, sentences}. */
+  async health(runId) {
+    return this.get(`/api/runs/${encodeURIComponent(runId)}/health`);
+  }
+
+  /** Download URLs of a run's exports (`report.html`, `export.csv`), token included. */
+  exportUrl(runId, file) {
+    return this.url(`/api/runs/${encodeURIComponent(runId)}/${file}`).toString();
   }
 
   /** Alerts of one run (by name), newest first, decoded. */

@@ -1,30 +1,51 @@
-// Bootstrap: wires the runs list, the live socket and the run view; routes by `#run=<id>`.
+// Bootstrap: wires the runs list, the live socket, toasts and the view; routes by
+// `#run=<id>` (one run) and `#compare=<id>,<id>,...` (runs overlaid).
 //
 // Freshness rules: the runs list reloads from REST on `run` messages and on alert openings and
-// resolutions (debounced), on every (re)connect and every 10 s while visible; the open run
-// reloads on `resync` and after a reconnect (messages may have been missed); otherwise live
-// messages are applied in place. The title counts open critical alerts over all runs.
+// resolutions (debounced), on every (re)connect and every 10 s while visible; `progress`
+// messages move every run's last step and speed in between. The open view reloads on `resync`
+// and after a reconnect (messages may have been missed); otherwise live messages are applied
+// in place. The title counts open critical alerts over all runs; a newly opened alert of any
+// run shows a toast (and, for critical ones, a desktop notification if the user allowed it).
 
 import { Api, decodeAlert, decodeRecord } from './api.js';
+import { CompareView } from './compare_view.js';
 import { h, replaceChildren } from './dom.js';
 import { Live } from './live.js';
 import { RunView } from './run_view.js';
 import { RunsList } from './runs.js';
+import { Notifier, Toasts } from './toasts.js';
 
 const RUNS_POLL_MS = 10000;
 const RUNS_DEBOUNCE_MS = 500;
 const FIRST_CONNECT_WAIT_MS = 2000;
 const LIVE_TEXT = { connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…' };
 
+/** The view an address asks for: {kind: 'run', ids: [id]}, {kind: 'compare', ids}, or null. */
+function parseRoute(hash) {
+  const run = /^#run=(\d+)$/.exec(hash);
+  if (run) return { kind: 'run', ids: [Number(run[1])] };
+  const compare = /^#compare=(\d+(?:,\d+)+)$/.exec(hash);
+  if (compare) return { kind: 'compare', ids: [...new Set(compare[1].split(',').map(Number))] };
+  return null;
+}
+
 class App {
   constructor() {
     this.api = new Api();
-    this.runs = new RunsList(document.getElementById('runs'), document.getElementById('runs-empty'));
+    this.compareButton = document.getElementById('compare');
+    this.runs = new RunsList(document.getElementById('runs'), document.getElementById('runs-empty'),
+      { onPick: (ids) => this.showPicked(ids) });
     this.viewRoot = document.getElementById('run-view');
     this.liveEl = document.getElementById('live-status');
     this.errorEl = document.getElementById('error');
+    this.toasts = new Toasts(document.getElementById('toasts'), {
+      open: (alert) => { const run = this.runs.byName(alert.run); if (run) window.location.hash = `#run=${run.id}`; },
+    });
+    this.notifier = new Notifier(document.getElementById('notify'));
     this.errors = new Map();
     this.view = null;
+    this.viewKey = null;
     this.runsTimer = null;
     this.live = new Live(this.api.wsUrl('/ws/live'), {
       onMessage: (msg) => this.onMessage(msg),
@@ -36,41 +57,50 @@ class App {
   async start() {
     if (!window.Plotly) this.setError('plotly', 'plotly.js did not load (/static/vendor/plotly.min.js); charts cannot be drawn.');
     window.addEventListener('hashchange', () => this.route());
+    this.compareButton.addEventListener('click', () => {
+      window.location.hash = `#compare=${[...this.runs.picked].join(',')}`;
+    });
     this.live.start();
     await this.reloadRuns();
     this.route();
     setInterval(() => { if (!document.hidden) this.reloadRuns(); }, RUNS_POLL_MS);
   }
 
-  routeId() {
-    const match = /^#run=(\d+)$/.exec(window.location.hash);
-    return match ? Number(match[1]) : null;
+  showPicked(ids) {
+    this.compareButton.disabled = ids.length < 2;
+    this.compareButton.textContent = ids.length >= 2 ? `Compare ${ids.length} runs` : 'Compare: tick 2+ runs';
   }
 
   route() {
-    const id = this.routeId();
-    if (this.view && this.view.runId === id) return;
+    const route = parseRoute(window.location.hash);
+    const key = route ? `${route.kind}:${route.ids.join(',')}` : null;
+    if (this.view && this.viewKey === key) return;
     if (this.view) this.view.destroy();
     this.view = null;
+    this.viewKey = key;
     this.setError('view', null);
-    this.runs.select(id);
-    if (id === null) {
+    this.runs.select(route?.kind === 'run' ? route.ids[0] : null);
+    if (route === null) {
       this.live.subscribe([]);
       this.viewRoot.dataset.state = 'empty';
       delete this.viewRoot.dataset.runId;
-      replaceChildren(this.viewRoot, h('p', { class: 'empty placeholder' }, 'Select a run to see its vital signs.'));
+      replaceChildren(this.viewRoot, h('p', { class: 'empty placeholder' },
+        'Select a run to see its vital signs, or tick two or more to compare them.'));
       return;
     }
-    this.view = new RunView(this.viewRoot, this.api, id, {
-      follow: (name) => this.follow(name),
-      onError: (message) => this.setError('view', message),
-    });
+    const hooks = { follow: (names) => this.follow(names), onError: (message) => this.setError('view', message) };
+    if (route.kind === 'compare') {
+      this.runs.pick(route.ids);
+      this.view = new CompareView(this.viewRoot, this.api, route.ids, hooks);
+    } else {
+      this.view = new RunView(this.viewRoot, this.api, route.ids[0], hooks);
+    }
     this.view.load();
   }
 
-  /** Subscribe to one run; resolves with the live generation (-1 if not connected yet). */
-  async follow(name) {
-    this.live.subscribe([name]);
+  /** Subscribe to these runs; resolves with the live generation (-1 if not connected yet). */
+  async follow(names) {
+    this.live.subscribe(names);
     const open = await this.live.whenOpen(FIRST_CONNECT_WAIT_MS);
     return open ? this.live.generation : -1;
   }
@@ -89,12 +119,16 @@ class App {
         const records = (msg.records ?? []).map(decodeRecord);
         if (!records.length) return;
         this.runs.noteStep(msg.run, Math.max(...records.map((r) => r.step)));
-        if (view && view.name === msg.run) view.onSteps(records);
+        if (view && view.follows(msg.run)) view.onSteps(msg.run, records);
         return;
       }
+      case 'progress':
+        if (!this.runs.noteProgress(msg)) this.scheduleRunsReload(); // a run we do not list yet
+        return;
       case 'alert': {
         const alert = decodeAlert(msg.alert);
-        if (view && view.name === alert.run) view.onAlert(alert);
+        if (view && view.follows(alert.run)) view.onAlert(alert);
+        if (msg.change === 'opened' && this.toasts.show(alert)) this.notifier.notify(alert);
         // Open-alert counts in the runs list change on openings and resolutions only.
         if (msg.change !== 'updated') this.scheduleRunsReload();
         return;
@@ -122,7 +156,9 @@ class App {
     try {
       this.runs.set(await this.api.runs());
       this.setError('runs', null);
-      if (this.view) this.view.showRun(this.runs.byId(this.view.runId));
+      const view = this.view;
+      if (view instanceof RunView) view.showRun(this.runs.byId(view.runId));
+      if (view instanceof CompareView) for (const id of view.runIds) view.showRun(this.runs.byId(id));
     } catch (err) {
       this.setError('runs', err.status === 401
         ? 'This server needs a view token: open the dashboard as /?token=<view token>.'
@@ -155,12 +191,18 @@ const app = new App();
 // Read-only hooks for tests and for poking around in the console.
 Object.defineProperty(window, 'trainvitals', {
   value: Object.freeze({
-    /** Live step records applied to the open run since it was (re)loaded. */
+    /** Live step records applied to the open view since it was (re)loaded. */
     get pointsReceived() { return app.view?.pointsReceived ?? 0; },
+    /** Zoomed re-fetches the open view has drawn (only long, thinned runs re-fetch). */
+    get refetches() { return app.view?.refetches ?? 0; },
+    /** Whether the open view's full range came downsampled by the server. */
+    get downsampled() { return app.view?.thinned ?? false; },
     get liveState() { return app.liveEl.dataset.state; },
-    /** {trace key: number of points} of chart `id` ('chart-loss', 'chart-grad'). */
+    get toasts() { return app.toasts.shown; },
+    get notifications() { return app.notifier.sent; },
+    /** {trace key: number of points} of chart `id` ('chart-loss', 'chart-grad', ...). */
     traceLengths: (id) => app.view?.traceLengths(id) ?? {},
-    /** Full redraws of chart `id` since the run was opened (reloads only; live data appends). */
+    /** Full redraws of chart `id` since the view was opened (reloads only; live data appends). */
     draws: (id) => app.view?.draws(id) ?? 0,
     /** Resolves once queued chart updates are drawn. */
     settled: () => app.view?.settled() ?? Promise.resolve(),

@@ -10,6 +10,9 @@
 // Each trace has a stable key in its `meta`, for tests and for code: `s:<series>#<rank>`,
 // `edge:<kind>`, and the key given to `addMarker` (e.g. `clip`). Its plotly `uid` is that key
 // made CSS-safe (plotly builds selectors from uids; series names may hold any character).
+//
+// The visible step range is tracked (`range`, null = everything): zooming or a double-click
+// reports it through `onRange(range)`, `setRange` changes it from code; it survives redraws.
 
 import { formatValue, plotlyText } from './format.js';
 
@@ -41,6 +44,12 @@ export function classify(v, logY) {
   return 'finite';
 }
 
+/** Whether two x ranges (or nulls) are the same, to the step. */
+export function sameRange(a, b) {
+  if (a === null || b === null) return a === b;
+  return Math.abs(a[0] - b[0]) < 0.5 && Math.abs(a[1] - b[1]) < 0.5;
+}
+
 /** A trace key as a plotly uid: only [A-Za-z0-9_-], never starting with a digit. */
 export function safeUid(key) {
   return `t-${key.replace(/[^A-Za-z0-9-]/g, (c) => `_${c.codePointAt(0).toString(16)}_`)}`;
@@ -58,13 +67,23 @@ function edgeTrace(kind) {
 export class Chart {
   /**
    * @param {HTMLElement} el the div plotly draws into
-   * @param {object} options logY, height, yTitle
+   * @param {object} options logY, height, yTitle; y3Title (a right-hand axis for traces with
+   *   `yaxis: 'y3'`); prepare(chart) (called after every reset, to create traces in a fixed
+   *   order); onRange(range) (the user zoomed: [x0, x1], or null for everything)
    */
-  constructor(el, { logY = false, height = 300, yTitle = '' } = {}) {
+  constructor(el, { logY = false, height = 300, yTitle = '', y3Title = '', prepare = null,
+                    onRange = null } = {}) {
     this.el = el;
     this.logY = logY;
     this.height = height;
     this.yTitle = yTitle;
+    this.y3Title = y3Title;
+    this.prepare = prepare;
+    this.onRange = onRange;
+    this.range = null; // [x0, x1] shown, or null: all
+    this.y3Visible = false; // the right-hand axis (and its traces) shows only when it has news
+    this.markStep = null; // a step highlighted by a vertical line (alert clicked), or null
+    this.listening = false;
     this.ops = Promise.resolve();
     this.timer = null;
     this.draws = 0; // full draws (Plotly.react) so far; live updates must not add to it
@@ -85,6 +104,7 @@ export class Chart {
     for (const kind of Object.keys(EDGES)) {
       if (kind !== 'nonpos' || this.logY) this.trace(`edge:${kind}`, () => edgeTrace(kind));
     }
+    if (this.prepare) this.prepare(this);
   }
 
   /** The index of the trace with key `key`, made with `make()` if it does not exist yet. */
@@ -92,11 +112,18 @@ export class Chart {
     let i = this.index.get(key);
     if (i === undefined) {
       i = this.traces.length;
-      this.traces.push({ ...make(), meta: key, uid: safeUid(key), x: [], y: [], text: [] });
+      const trace = { ...make(), meta: key, uid: safeUid(key), x: [], y: [], text: [] };
+      if (trace.yaxis === 'y3') trace.visible = this.y3Visible ? true : 'legendonly';
+      this.traces.push(trace);
       this.index.set(key, i);
       this.seen.set(i, new Set());
     }
     return i;
+  }
+
+  /** The index of series trace `key`, made (named `label`, user text) if new. */
+  series(key, label, make) {
+    return this.trace(key, () => ({ ...make(), name: plotlyText(label) }));
   }
 
   /** Append a point to trace `i`; returns where its text went ([array, index]). */
@@ -118,7 +145,7 @@ export class Chart {
    * marker while it is not drawn yet (hover lists them all). Returns false for a duplicate.
    */
   addPoint(key, label, make, step, value, note = '') {
-    const i = this.trace(key, () => ({ ...make(), name: plotlyText(label) }));
+    const i = this.series(key, label, make);
     const seen = this.seen.get(i);
     if (seen.has(step)) return false;
     seen.add(step);
@@ -162,16 +189,75 @@ export class Chart {
       hoverlabel: { font: { family: FONT }, align: 'left' },
       uirevision: 'keep', // keep the user's zoom across updates
       showlegend: true,
-      legend: { orientation: 'h', x: 0, y: 1.03, yanchor: 'bottom', font: { size: 11 } },
-      xaxis: { title: { text: 'step', standoff: 6 }, gridcolor: grid, zeroline: false,
-               automargin: true, ticklabelstandoff: 6 },
+      legend: { orientation: 'h', x: 0, y: 1.03, yanchor: 'bottom', font: { size: 11 },
+                traceorder: 'normal' },
+      xaxis: this.xaxis(),
       yaxis: { type: this.logY ? 'log' : 'linear', title: { text: this.yTitle }, gridcolor: grid,
                zeroline: !this.logY, zerolinecolor: '#9ca3af', automargin: true,
                exponentformat: 'power' },
       // The edge-marker axis: 0 = bottom border of the plot, 1 = top border; never shown or
       // zoomed. Markers sit on the borders (cliponaxis: false), just outside the data's range.
       yaxis2: { overlaying: 'y', range: [0, 1], visible: false, fixedrange: true },
+      ...(this.y3Title ? { yaxis3: {
+        overlaying: 'y', side: 'right', rangemode: 'nonnegative', showgrid: false, zeroline: false,
+        title: { text: this.y3Title }, automargin: true, tickformat: '~s', visible: this.y3Visible } } : {}),
+      ...(this.range ? { xaxis: { ...this.xaxis(), range: this.range, autorange: false } } : {}),
+      shapes: this.shapes(),
     };
+  }
+
+  xaxis() {
+    return { title: { text: 'step', standoff: 6 }, gridcolor: '#e5e7eb', zeroline: false,
+             automargin: true, ticklabelstandoff: 6 };
+  }
+
+  /** The vertical line at the highlighted step, if any. */
+  shapes() {
+    if (this.markStep === null) return [];
+    return [{ type: 'line', xref: 'x', yref: 'paper', x0: this.markStep, x1: this.markStep,
+              y0: 0, y1: 1, line: { color: '#dc2626', width: 1.5, dash: 'dash' } }];
+  }
+
+  /** Show steps [x0, x1] (null: everything) and highlight `mark` (a step, or null). */
+  setRange(range, mark = this.markStep) {
+    this.range = range;
+    this.markStep = mark;
+    if (!this.drawn) return Promise.resolve();
+    const update = range ? { 'xaxis.range': [...range], 'xaxis.autorange': false }
+      : { 'xaxis.autorange': true };
+    return this.enqueue(() => window.Plotly.relayout(this.el, { ...update, shapes: this.shapes() }));
+  }
+
+  /** Show or hide the right-hand axis and the traces on it (hidden ones stay in the legend). */
+  setY3Visible(on) {
+    if (on === this.y3Visible) return;
+    this.y3Visible = on;
+    for (const t of this.traces) if (t.yaxis === 'y3') t.visible = on ? true : 'legendonly';
+    if (!this.drawn) return;
+    const indices = this.traces.map((t, i) => (t.yaxis === 'y3' && i < this.plotted ? i : -1)).filter((i) => i >= 0);
+    this.enqueue(async () => {
+      await window.Plotly.relayout(this.el, { 'yaxis3.visible': on });
+      if (indices.length) await window.Plotly.restyle(this.el, { visible: on ? true : 'legendonly' }, indices);
+    });
+  }
+
+  /** The x range a plotly_relayout event set: [x0, x1], null (autorange), or undefined. */
+  static rangeOf(ev) {
+    if (ev['xaxis.autorange'] === true) return null;
+    if (Array.isArray(ev['xaxis.range'])) return [...ev['xaxis.range']];
+    if ('xaxis.range[0]' in ev && 'xaxis.range[1]' in ev) return [ev['xaxis.range[0]'], ev['xaxis.range[1]']];
+    return undefined;
+  }
+
+  listen() {
+    if (this.listening || typeof this.el.on !== 'function') return;
+    this.listening = true;
+    this.el.on('plotly_relayout', (ev) => {
+      const range = Chart.rangeOf(ev ?? {});
+      if (range === undefined || sameRange(range, this.range)) return; // ours, or not x
+      this.range = range;
+      if (this.onRange) this.onRange(range);
+    });
   }
 
   /** Draw everything from scratch (first load, reload after resync/reconnect). */
@@ -185,7 +271,10 @@ export class Chart {
     this.plotted = traces.length;
     this.drawn = true;
     this.draws += 1;
-    this.enqueue(() => window.Plotly.react(this.el, traces, this.layout(), CONFIG));
+    this.enqueue(async () => {
+      await window.Plotly.react(this.el, traces, this.layout(), CONFIG);
+      this.listen();
+    });
   }
 
   /** Append what was added since the last draw/flush, soon (updates are batched). */

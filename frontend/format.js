@@ -17,7 +17,7 @@ export function formatStep(step) {
   return step === null || step === undefined ? '—' : String(step);
 }
 
-const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' });
+const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' }); // full time: tooltip
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', timeStyle: 'short' });
 const fullDateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
 
@@ -43,4 +43,17 @@ export function formatFullTime(seconds) {
  */
 export function plotlyText(s) {
   return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/** A speed in steps per second, short (or "—" when unknown). */
+export function formatRate(rate) {
+  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate <= 0) return '—';
+  if (rate >= 100) return String(Math.round(rate));
+  if (rate >= 1) return rate.toFixed(1);
+  return rate.toPrecision(2);
+}
+
+/** The status to show: `silent` for a running run that has not sent data for a while. */
+export function displayStatus(run) {
+  return run.status === 'running' && run.silent ? 'silent' : run.status;
 }

@@ -1,22 +1,51 @@
-// One run on screen: header, charts and alerts. Loads from REST, then follows live updates.
+// One run on screen: health in words, header with exports, linked charts (loss, gradients, one
+// per watched tensor) and alerts. Loads from REST, then follows live updates.
 //
 // Gap-free loading: the app subscribes to the run *before* the REST snapshot is fetched; live
 // records that arrive meanwhile are buffered and applied after the snapshot is drawn. Charts
 // drop points they already hold, so the overlap between snapshot and buffer costs nothing.
 // The section carries data-state="loading|ready|error" and data-run-id.
+//
+// Long runs: series are fetched for the charts' pixel width, and the server thins long ranges
+// with M4 (per pixel column first/last/min/max, NaN/Inf kept), so a lone spike is still drawn.
+// If anything came thinned, every zoom re-fetches the visible range for that width: finer and
+// finer until each point is there.
 
 import { AlertsPanel } from './alerts.js';
-import { Chart } from './charts.js';
 import { h, replaceChildren } from './dom.js';
-import { formatFullTime, formatStep, formatValue, plotlyText } from './format.js';
-import { CHARTS, LOSS_CHART, clipText, clipTrace } from './vitals.js';
+import { displayStatus, formatFullTime, formatStep, formatValue, plotlyText } from './format.js';
+import { HealthBanner } from './health.js';
+import { ChartGroup } from './linked.js';
+import { CHARTS, LOSS_CHART, TENSOR_STATS, clipText, clipTrace, tensorChart, tensorOf } from './vitals.js';
+
+const HEALTH_DEBOUNCE_MS = 400;
+const ZOOM_HALF_WIDTH = 25; // steps either side of a clicked alert, at least
+const COUNT_STATS = ['nan', 'posinf', 'neginf'];
+// Draw order: raw loss first (it gets the first legend slot), markers later; tensor stats in
+// TENSOR_STATS order per rank, so each band's max trace follows its min.
+const FIRST = ['loss', 'loss_used', 'grad_norm', 'grad_norm_post'];
+
+function drawOrder(s) {
+  const t = tensorOf(s.name);
+  if (t) return [1, t.tensor, s.rank, TENSOR_STATS.indexOf(t.stat)];
+  return [0, '', s.rank, FIRST.indexOf(s.name) >>> 0];
+}
+
+function compareOrder(a, b) {
+  const [x, y] = [drawOrder(a), drawOrder(b)];
+  for (let i = 0; i < x.length; i += 1) {
+    if (x[i] < y[i]) return -1;
+    if (x[i] > y[i]) return 1;
+  }
+  return 0;
+}
 
 export class RunView {
   /**
    * @param {HTMLElement} root the #run-view section
    * @param {import('./api.js').Api} api
    * @param {number} runId
-   * @param {object} hooks follow(name) → Promise<generation> (subscribes; resolves once the
+   * @param {object} hooks follow(names) → Promise<generation> (subscribes; resolves once the
    *   subscription is sent, or -1 when offline); onError(message)
    */
   constructor(root, api, runId, { follow, onError }) {
@@ -31,7 +60,12 @@ export class RunView {
     this.buffer = [];
     this.destroyed = false;
     this.pointsReceived = 0; // live step records applied to this view (tests read this)
+    this.refetches = 0; // zoomed re-fetches drawn (tests read this)
+    this.thinned = false; // whether the last full load came downsampled
+    this.names = []; // the series on the charts
     this.componentOrder = new Map();
+    this.counts = new Map(); // tensor -> Map(step -> {nan, posinf, neginf}) of steps with any
+    this.healthTimer = null;
     this.build();
   }
 
@@ -39,42 +73,66 @@ export class RunView {
     return this.run?.name ?? null;
   }
 
+  /** Whether live updates of run `name` belong here. */
+  follows(name) {
+    return name === this.name;
+  }
+
   build() {
     this.nameEl = h('h2', { class: 'run-name' }, `run ${this.runId}`);
     this.statusEl = h('span', { class: 'status' });
     this.metaEl = h('p', { class: 'run-meta' });
-    this.charts = new Map();
-    const figures = CHARTS.map((spec) => {
-      const el = h('div', { id: spec.id, class: 'chart', dataset: { chart: spec.id } });
-      this.charts.set(spec.id, { spec, chart: new Chart(el, { logY: spec.logY, yTitle: spec.yTitle }) });
-      return h('figure', { class: 'card chart-card' },
-        h('figcaption', {}, h('h3', {}, spec.title), h('p', { class: 'chart-note' }, spec.note)),
-        el);
-    });
+    this.configEl = h('details', { id: 'config', class: 'config', hidden: true });
+    const exports = h('p', { class: 'exports' }, 'Export: ',
+      h('a', { id: 'export-html', href: this.api.exportUrl(this.runId, 'report.html'), download: '' },
+        'HTML report'), ' · ',
+      h('a', { id: 'export-csv', href: this.api.exportUrl(this.runId, 'export.csv'), download: '' }, 'CSV'));
+    this.health = new HealthBanner();
+    const chartsEl = h('div', { class: 'charts' });
+    this.group = new ChartGroup(chartsEl, { onRange: (range) => this.refetch(range) });
+    this.tensorSpecs = new Map();
+    for (const spec of CHARTS) this.group.ensure(spec);
     const list = h('ul', { id: 'alerts', class: 'alerts-list' });
     const empty = h('p', { class: 'empty' }, 'No alerts for this run.');
-    this.alerts = new AlertsPanel(list, empty);
+    this.alerts = new AlertsPanel(list, empty, { onSelect: (a) => this.zoomTo(a) });
     replaceChildren(this.root,
-      h('div', { class: 'run-header' }, this.nameEl, this.statusEl, this.metaEl),
+      h('div', { class: 'run-header' }, this.nameEl, this.statusEl, exports, this.metaEl, this.configEl),
+      this.health.el,
       h('div', { class: 'run-body' },
-        h('div', { class: 'charts' }, figures),
+        chartsEl,
         h('section', { class: 'card alerts-panel', 'aria-labelledby': 'alerts-heading' },
-          h('h3', { id: 'alerts-heading' }, 'Alerts'), list, empty)));
+          h('h3', { id: 'alerts-heading' }, 'Alerts'),
+          h('p', { class: 'hint' }, 'Click an alert to zoom every chart to it.'), list, empty)));
     this.root.dataset.runId = String(this.runId);
     this.root.dataset.state = 'loading';
+  }
+
+  /** The chart spec series `name` is drawn on (a tensor's chart is made on first use), or null. */
+  specFor(name) {
+    const t = tensorOf(name);
+    if (!t) return CHARTS.find((spec) => spec.accepts(name)) ?? null;
+    let spec = this.tensorSpecs.get(t.tensor);
+    if (!spec) {
+      spec = tensorChart(t.tensor);
+      this.tensorSpecs.set(t.tensor, spec);
+      this.group.ensure(spec, { prepare: (chart) => spec.prepare(chart, (n, r) => this.label(spec, n, r)) });
+    }
+    return spec;
   }
 
   /** Header text from a run row (REST shape). */
   showRun(run) {
     if (!run || this.destroyed) return;
     const lastStep = this.run?.last_step ?? null;
+    const before = this.run ? displayStatus(this.run) : null;
     this.run = { ...this.run, ...run };
     if (lastStep !== null && (this.run.last_step ?? -Infinity) < lastStep) this.run.last_step = lastStep;
     const r = this.run;
+    const status = displayStatus(r);
     this.nameEl.textContent = r.name;
     this.nameEl.title = r.name;
-    this.statusEl.className = `status status-${r.status}`;
-    this.statusEl.textContent = r.status;
+    this.statusEl.className = `status status-${status}`;
+    this.statusEl.textContent = status;
     this.statusEl.title = r.reason || '';
     const ranks = r.world_size > 1 ? `${r.world_size} ranks` : '1 rank';
     const parts = [`step ${formatStep(r.last_step)}`, ranks, `started ${formatFullTime(r.first_time ?? r.created)}`];
@@ -82,6 +140,20 @@ export class RunView {
       r.dropped ? h('span', { class: 'warn' }, ` · ${r.dropped} record(s) dropped by the trainer`) : null,
       r.reason ? h('span', { class: 'reason' }, ` · ${r.reason}`) : null);
     this.alerts.multiRank = r.world_size > 1;
+    this.showConfig(r.config ?? {});
+    if (before !== null && before !== status) this.scheduleHealth();
+  }
+
+  /** The run's config, as text (keys and values are the user's). */
+  showConfig(config) {
+    const entries = Object.entries(config);
+    const text = JSON.stringify(config);
+    if (this.configEl.dataset.shown === text) return; // keep it open or closed as the user left it
+    this.configEl.dataset.shown = text;
+    this.configEl.hidden = entries.length === 0;
+    replaceChildren(this.configEl, h('summary', {}, `Config (${entries.length})`),
+      h('table', { class: 'config-table' }, entries.map(([k, v]) =>
+        h('tr', {}, h('th', {}, k), h('td', {}, typeof v === 'string' ? v : JSON.stringify(v))))));
   }
 
   /** (Re)load everything from REST; live records arriving meanwhile are buffered. */
@@ -95,21 +167,22 @@ export class RunView {
       const detail = await this.api.run(this.runId);
       if (this.stale(token)) return;
       this.showRun(detail.run);
-      const generation = await this.hooks.follow(detail.run.name);
+      const generation = await this.hooks.follow([detail.run.name]);
       if (this.stale(token)) return;
       this.generation = generation;
-      const names = [...new Set(detail.series.map((s) => s.name))]
-        .filter((n) => CHARTS.some((spec) => spec.accepts(n)));
+      this.names = [...new Set(detail.series.map((s) => s.name))].filter((n) => this.specFor(n));
+      const buckets = this.group.width();
+      this.scheduleHealth(0);
       const [series, clips, alerts] = await Promise.all([
-        this.api.series(this.runId, names), this.api.clips(this.runId), this.api.alerts(detail.run.name)]);
+        this.api.series(this.runId, this.names, { buckets }),
+        this.api.clips(this.runId, { limit: 4 * buckets }), this.api.alerts(detail.run.name)]);
       if (this.stale(token)) return;
-      this.draw(series, clips);
+      this.thinned = series.some((s) => s.downsampled);
+      this.draw(series, clips, 4 * buckets);
       this.alerts.set(alerts);
-      this.loading = false;
-      const buffered = this.buffer;
-      this.buffer = [];
-      for (const item of buffered) this.apply(item);
+      this.finishLoading();
       this.root.dataset.state = 'ready';
+      if (this.thinned && this.group.range) this.refetch(this.group.range);
     } catch (err) {
       if (this.stale(token)) return;
       this.loading = false;
@@ -123,12 +196,43 @@ export class RunView {
     }
   }
 
+  /** Fetch the visible steps again for the charts' width (only if the full view was thinned). */
+  async refetch(range) {
+    if (!this.thinned || this.destroyed || this.root.dataset.state !== 'ready') return;
+    const token = ++this.loadToken;
+    this.loading = true;
+    this.buffer = [];
+    const buckets = this.group.width();
+    const span = range ? { start: Math.floor(range[0]), end: Math.ceil(range[1]) } : {};
+    try {
+      const [series, clips] = await Promise.all([
+        this.api.series(this.runId, this.names, { buckets, ...span }),
+        this.api.clips(this.runId, { ...span, limit: 4 * buckets })]);
+      if (this.stale(token)) return;
+      this.draw(series, clips, 4 * buckets);
+      this.refetches += 1;
+    } catch (err) {
+      if (this.stale(token)) return;
+      this.hooks.onError(`Could not load steps ${span.start ?? ''}–${span.end ?? ''}: ${err.message ?? err}`);
+    }
+    this.finishLoading();
+  }
+
+  finishLoading() {
+    this.loading = false;
+    const buffered = this.buffer;
+    this.buffer = [];
+    for (const item of buffered) this.apply(item);
+  }
+
   stale(token) {
     return this.destroyed || token !== this.loadToken;
   }
 
-  label(name, rank) {
-    return this.run?.world_size > 1 || rank !== 0 ? `${name} [rank ${rank}]` : name;
+  /** Legend text of series `name` of `rank` on chart `spec` (user text; escaped by the chart). */
+  label(spec, name, rank) {
+    const base = spec.label ? spec.label(name) : name;
+    return this.run?.world_size > 1 || rank !== 0 ? `${base} [rank ${rank}]` : base;
   }
 
   rankLabel(rank) {
@@ -143,38 +247,79 @@ export class RunView {
   }
 
   addValue(name, rank, step, value, clip) {
-    for (const { spec, chart } of this.charts.values()) {
-      if (!spec.accepts(name)) continue;
-      if (!this.componentOrder.has(name) && name.startsWith('loss/')) {
-        this.componentOrder.set(name, this.componentOrder.size); // one colour per component
+    const spec = this.specFor(name);
+    if (!spec) return;
+    if (!this.componentOrder.has(name) && name.startsWith('loss/')) {
+      this.componentOrder.set(name, this.componentOrder.size); // one colour per component
+    }
+    this.group.get(spec.id).chart.addPoint(`s:${name}#${rank}`, this.label(spec, name, rank),
+      spec.style(name, this.componentOrder.get(name) ?? 0, rank), step, value, this.guardNote(name, clip));
+    const t = tensorOf(name);
+    if (t && COUNT_STATS.includes(t.stat) && value !== 0) this.noteCount(t.tensor, t.stat, step, value);
+  }
+
+  noteCount(tensor, stat, step, value) {
+    if (!this.counts.has(tensor)) this.counts.set(tensor, new Map());
+    const steps = this.counts.get(tensor);
+    if (!steps.has(step)) steps.set(step, { nan: 0, posinf: 0, neginf: 0 });
+    steps.get(step)[stat] = value;
+  }
+
+  /** Each tensor chart's caption line on its NaN/Inf element counts. */
+  renderCounts() {
+    for (const [tensor, spec] of this.tensorSpecs) {
+      const { extra } = this.group.get(spec.id);
+      const steps = this.counts.get(tensor);
+      extra.hidden = false;
+      this.group.get(spec.id).chart.setY3Visible(Boolean(steps?.size));
+      if (!steps || !steps.size) {
+        extra.className = 'chart-extra ok';
+        extra.textContent = 'No NaN/Inf elements.';
+        continue;
       }
-      chart.addPoint(`s:${name}#${rank}`, this.label(name, rank),
-        spec.style(name, this.componentOrder.get(name) ?? 0, rank), step, value, this.guardNote(name, clip));
+      const last = Math.max(...steps.keys());
+      const c = steps.get(last);
+      extra.className = 'chart-extra bad';
+      extra.textContent = `NaN/Inf elements on ${steps.size} step(s)${this.thinned ? ' shown' : ''}; `
+        + `latest at step ${last}: ${formatValue(c.nan)} NaN, ${formatValue(c.posinf)} +Inf, `
+        + `${formatValue(c.neginf)} −Inf.`;
     }
   }
 
   addClip(clip, rank, step) {
     if (!Number.isFinite(clip.raw)) return; // drawn as the loss's own NaN/Inf edge marker
-    this.charts.get(LOSS_CHART.id).chart.addMarker('clip', clipTrace, `${rank}:${step}`, step, clip.raw,
+    this.group.get(LOSS_CHART.id).chart.addMarker('clip', clipTrace, `${rank}:${step}`, step, clip.raw,
       clipText(clip, step, this.rankLabel(rank)));
   }
 
-  draw(series, clips) {
-    for (const { chart } of this.charts.values()) chart.reset();
+  draw(series, clips, clipLimit) {
+    for (const { chart } of this.group.entries()) chart.reset();
+    this.counts.clear();
     const clipAt = new Map(clips.map((c) => [`${c.rank}:${c.step}`, c]));
-    // loss and loss_used first so they get the first legend slots and draw under the markers.
-    const order = (s) => ['loss', 'loss_used', 'grad_norm', 'grad_norm_post'].indexOf(s.name) >>> 0;
-    for (const s of [...series].sort((a, b) => order(a) - order(b))) {
+    for (const s of [...series].sort(compareOrder)) {
       for (let i = 0; i < s.steps.length; i += 1) {
         this.addValue(s.name, s.rank, s.steps[i], s.values[i], clipAt.get(`${s.rank}:${s.steps[i]}`));
       }
     }
     for (const c of clips) this.addClip(c, c.rank, c.step);
-    for (const { chart } of this.charts.values()) chart.draw();
+    const { extra } = this.group.get(LOSS_CHART.id);
+    extra.hidden = clips.length < clipLimit;
+    extra.className = 'chart-extra';
+    extra.textContent = `Showing the first ${clips.length} loss-guard events here; zoom in to see the others.`;
+    this.renderCounts();
+    for (const { chart } of this.group.entries()) chart.draw();
+  }
+
+  /** Zoom every chart to an alert's steps and mark where it began. */
+  zoomTo(alert) {
+    const half = Math.max(ZOOM_HALF_WIDTH, Math.round((this.run?.last_step ?? 0) * 0.01));
+    const long = alert.last_step - alert.first_step > 4 * half;
+    const range = [alert.first_step - half, (long ? alert.first_step : alert.last_step) + half];
+    this.group.zoom(range, alert.first_step);
   }
 
   /** A live `steps` message (decoded records) for this run. */
-  onSteps(records) {
+  onSteps(name, records) {
     for (const record of records) {
       if (this.loading) this.buffer.push({ record });
       else this.apply({ record });
@@ -185,6 +330,7 @@ export class RunView {
   onAlert(alert) {
     if (this.loading) this.buffer.push({ alert });
     else this.apply({ alert });
+    this.scheduleHealth();
   }
 
   apply({ record, alert }) {
@@ -197,28 +343,42 @@ export class RunView {
     if (clip) this.addClip(clip, rank, step);
     this.pointsReceived += 1;
     if (this.run && step > (this.run.last_step ?? -Infinity)) this.showRun({ last_step: step });
-    for (const { chart } of this.charts.values()) chart.schedule();
+    this.renderCounts();
+    for (const { chart } of this.group.entries()) {
+      if (chart.drawn) chart.schedule();
+      else chart.draw(); // a tensor seen for the first time
+    }
   }
 
-  /** Number of points in each trace of chart `id`, by trace key (what plotly holds now). */
+  scheduleHealth(delay = HEALTH_DEBOUNCE_MS) {
+    clearTimeout(this.healthTimer);
+    this.healthTimer = setTimeout(() => this.loadHealth(), delay);
+  }
+
+  async loadHealth() {
+    try {
+      const health = await this.api.health(this.runId);
+      if (!this.destroyed) this.health.set(health);
+    } catch (err) {
+      if (!this.destroyed) this.health.failed(`Could not check the run’s health: ${err.message ?? err}`);
+    }
+  }
+
   traceLengths(id) {
-    const el = this.charts.get(id)?.chart.el;
-    return Object.fromEntries((el?.data ?? []).map((t) => [t.meta, t.x.length]));
+    return this.group.traceLengths(id);
   }
 
-  /** How many times chart `id` was drawn from scratch (live points are appended instead). */
   draws(id) {
-    return this.charts.get(id)?.chart.draws ?? 0;
+    return this.group.draws(id);
   }
 
-  /** Resolves when every chart has applied what it was given. */
-  async settled() {
-    for (const { chart } of this.charts.values()) chart.flush();
-    await Promise.all([...this.charts.values()].map(({ chart }) => chart.settled()));
+  settled() {
+    return this.group.settled();
   }
 
   destroy() {
     this.destroyed = true;
-    for (const { chart } of this.charts.values()) chart.destroy();
+    clearTimeout(this.healthTimer);
+    this.group.destroy();
   }
 }

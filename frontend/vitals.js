@@ -85,3 +85,67 @@ export function clipText(clip, step, rankLabel = '') {
   }
   return parts.join('<br>');
 }
+
+/** Tensor statistics drawn on a tensor's chart, in trace order (min right before max: band). */
+export const TENSOR_STATS = ['min', 'max', 'mean', 'nan', 'posinf', 'neginf'];
+const COUNT_STYLE = {
+  nan: { color: '#111827', label: 'NaN elements' },
+  posinf: { color: '#9333ea', label: '+Inf elements' },
+  neginf: { color: '#c026d3', label: '−Inf elements' },
+};
+
+/** {tensor, stat} of a drawn tensor series (`tensor/<name>/<stat>`), or null. */
+export function tensorOf(name) {
+  if (!name.startsWith('tensor/')) return null;
+  const rest = name.slice('tensor/'.length);
+  const cut = rest.lastIndexOf('/');
+  if (cut <= 0) return null;
+  const stat = rest.slice(cut + 1);
+  return TENSOR_STATS.includes(stat) ? { tensor: rest.slice(0, cut), stat } : null;
+}
+
+/** A DOM-id-safe form of a tensor name (ids are built from it; any character may appear). */
+export function idPart(text) {
+  return text.replace(/[^A-Za-z0-9-]/g, (c) => `_${c.codePointAt(0).toString(16)}_`);
+}
+
+/**
+ * The chart of one watched tensor: a band from finite min to finite max with the mean line,
+ * and the NaN/+Inf/−Inf element counts on a right-hand axis.
+ */
+export function tensorChart(tensor) {
+  const style = (stat, rank) => {
+    const base = { type: 'scatter', mode: 'lines', connectgaps: false,
+                   hovertemplate: 'step %{x}<br>%{y:.5~g}%{text}' };
+    if (stat === 'min') return { ...base, line: { color: rankColor('#0284c7', rank), width: 1 } };
+    if (stat === 'max') {
+      return { ...base, line: { color: rankColor('#0284c7', rank), width: 1 }, fill: 'tonexty',
+               fillcolor: 'rgba(2, 132, 199, 0.15)' };
+    }
+    if (stat === 'mean') return { ...base, line: { color: rankColor('#0c4a6e', rank), width: 2 } };
+    return { ...base, yaxis: 'y3', line: { color: rankColor(COUNT_STYLE[stat].color, rank), width: 1.5,
+                                            shape: 'hv', dash: 'dot' } };
+  };
+  return {
+    id: `chart-tensor-${idPart(tensor)}`,
+    tensor,
+    title: `Tensor ${tensor}`,
+    note: 'Band: finite min to max; line: mean. Right axis, dotted: NaN / +Inf / −Inf elements.',
+    logY: false,
+    yTitle: 'value',
+    y3Title: 'NaN/Inf elements',
+    accepts: (name) => tensorOf(name)?.tensor === tensor,
+    label: (name) => {
+      const stat = tensorOf(name).stat;
+      return COUNT_STYLE[stat]?.label ?? stat;
+    },
+    style: (name, order, rank) => () => style(tensorOf(name).stat, rank),
+    /** Rank 0's traces in TENSOR_STATS order, so the band fills from min to max. */
+    prepare(chart, label) {
+      for (const stat of TENSOR_STATS) {
+        const name = `tensor/${tensor}/${stat}`;
+        chart.series(`s:${name}#0`, label(name, 0), () => style(stat, 0));
+      }
+    },
+  };
+}

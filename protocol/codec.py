@@ -21,6 +21,7 @@ from trainvitals.protocol.messages import (
     ClipEvent,
     Error,
     Message,
+    NonFiniteOrigin,
     Record,
     RunEnd,
     RunStart,
@@ -37,6 +38,9 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # every integer field fits a signed 64-b
 CLIP_ACTIONS = ("zeroed", "passed", "raised")
 CLIP_REASONS = ("above_threshold", "nan", "posinf", "neginf")
 RUN_STATUSES = ("finished", "crashed")
+NONFINITE_KINDS = ("nan", "inf")
+NONFINITE_STAGES = ("forward", "backward", "input")
+MAX_LABEL_LENGTH = 1000  # module / parameter names, op names and source locations in an origin
 
 T = TypeVar("T")
 
@@ -69,7 +73,7 @@ def _to_wire(message: Message) -> dict[str, Any]:
 def _value_to_wire(value: Any) -> Any:
     if isinstance(value, float):
         return float_to_wire(value)
-    if isinstance(value, (TensorStats, ClipEvent)):
+    if isinstance(value, (TensorStats, ClipEvent, NonFiniteOrigin)):
         return {f.name: _value_to_wire(getattr(value, f.name))
                 for f in fields(value) if getattr(value, f.name) is not None}
     if isinstance(value, Mapping):
@@ -294,6 +298,30 @@ def _clip(value: Any) -> ClipEvent:
     )
 
 
+def _label(value: Any) -> str:
+    """Text shown to people (a module path, a source location): 1 to 1000 characters, no
+    control characters."""
+    text = _str(value)
+    if not text or len(text) > MAX_LABEL_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_LABEL_LENGTH} characters, got {len(text)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def _origin(value: Any) -> NonFiniteOrigin:
+    if not isinstance(value, dict):
+        raise TypeError("must be an object")
+    f = _Fields(value, "origin")
+    return NonFiniteOrigin(
+        step=f.get("step", _int),
+        kind=f.get("kind", _choice(NONFINITE_KINDS), "nan"),  # type: ignore[arg-type]
+        stage=f.get("stage", _choice(NONFINITE_STAGES), "forward"),  # type: ignore[arg-type]
+        **{key: f.get(key, _label, None)
+           for key in ("module", "module_type", "param", "op", "source")},
+    )
+
+
 def _time(value: Any) -> float:
     t = float_from_wire(value)
     if not math.isfinite(t):
@@ -327,6 +355,7 @@ def _step(f: _Fields) -> Step:
         scalars=f.get("scalars", _float_map, {}),
         tensors=f.get("tensors", lambda v: _map(v, _tensor_stats), {}),
         clip=f.get("clip", _clip, None),
+        origin=f.get("origin", _origin, None),
     )
 
 

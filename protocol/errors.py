@@ -9,6 +9,9 @@ MALFORMED = "malformed"  # not JSON, or not an object
 INVALID = "invalid"  # JSON, but a field is missing, mistyped or out of range
 UNSUPPORTED_VERSION = "unsupported_version"
 TOO_LARGE = "too_large"
+# Codes only the server sends in error frames (decode never raises them):
+UNAVAILABLE = "unavailable"  # a commit failed; nothing of the frame was stored; send it again
+LIMIT_EXCEEDED = "limit_exceeded"  # a server limit refuses the records; resending cannot help
 
 
 class ProtocolError(ValueError):

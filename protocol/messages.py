@@ -17,6 +17,7 @@ __all__ = [
     "ClipEvent",
     "Error",
     "Message",
+    "NonFiniteOrigin",
     "Record",
     "RunEnd",
     "RunStart",
@@ -26,6 +27,8 @@ __all__ = [
 
 ClipAction = Literal["zeroed", "passed", "raised"]
 ClipReason = Literal["above_threshold", "nan", "posinf", "neginf"]
+NonFiniteKind = Literal["nan", "inf"]
+NonFiniteStage = Literal["forward", "backward", "input"]
 RunStatus = Literal["finished", "crashed"]
 
 
@@ -67,6 +70,31 @@ class ClipEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class NonFiniteOrigin:
+    """Where a run's non-finite values started, as ``Monitor.watch`` located them.
+
+    ``step`` is the training step whose forward or backward first produced the value (a later
+    record may carry it: the op-level trace arrives some steps after the step it explains).
+    ``stage`` says where: ``forward`` — ``module`` is the first module, in execution order,
+    whose output was non-finite while its inputs were finite; ``input`` — the watched model
+    (``module``) was already given non-finite inputs; ``backward`` — only gradients went
+    non-finite (``module`` is None). ``param`` is the first parameter, in backward order, whose
+    gradient was non-finite. ``op`` and ``source`` come from the optional op-level re-run: the torch
+    function that first turned finite inputs into a non-finite output, and the user's source
+    line that called it (``path/model.py:41 in forward``). ``None`` means "not found".
+    """
+
+    step: int
+    kind: NonFiniteKind = "nan"
+    stage: NonFiniteStage = "forward"
+    module: str | None = None
+    module_type: str | None = None
+    param: str | None = None
+    op: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunStart:
     """A process begins reporting a run (``seq`` 0 of its stream)."""
 
@@ -88,7 +116,8 @@ class Step:
 
     ``loss`` is the raw loss before any trainer-side guard; ``loss_used`` is what was
     backpropagated. ``grad_norm`` is the total norm before gradient clipping, ``grad_norm_post``
-    after. ``None`` means "not reported", never "zero".
+    after. ``None`` means "not reported", never "zero". ``origin`` says where non-finite
+    values started, when ``Monitor.watch`` found out.
     """
 
     run: str
@@ -106,6 +135,7 @@ class Step:
     scalars: dict[str, float] = field(default_factory=dict)
     tensors: dict[str, TensorStats] = field(default_factory=dict)
     clip: ClipEvent | None = None
+    origin: NonFiniteOrigin | None = None
 
 
 @dataclass(frozen=True, slots=True)

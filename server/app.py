@@ -12,57 +12,71 @@ from typing import Any
 
 from fastapi import FastAPI, WebSocket
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from trainvitals.server.alerts import AlertConfig, AlertEngine, Threshold
 from trainvitals.server.hub import Hub
 from trainvitals.server.ingest import serve_ingest
+from trainvitals.server.limits import Limits
 from trainvitals.server.live import serve_viewer
+from trainvitals.server.metrics import ServerMetrics
+from trainvitals.server.metrics import build_router as metrics_router
 from trainvitals.server.rest import build_router as rest_router
+from trainvitals.server.retention import Retention
+from trainvitals.server.security import SECURITY_HEADERS, redact_tokens_in_logs
 from trainvitals.server.settings import Settings
 from trainvitals.server.sinks import AlertSink, BrowserSink, LogSink
 from trainvitals.server.sqlite_store import SQLiteStore
 from trainvitals.server.static import build_router as static_router
 from trainvitals.server.store import Store
+from trainvitals.server.webhook import WebhookSink
 from trainvitals.server.wire_json import WireJSONResponse
 from trainvitals.server.writer import Writer
 
 __all__ = ["create_app"]
 
-SECURITY_HEADERS = {
-    # plotly.js injects <style> elements, hence 'unsafe-inline' for styles only; no inline script.
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
-    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-
-
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
     """A ready-to-serve ASGI app. ``store`` defaults to SQLite in ``settings.data_dir``."""
     settings = settings or Settings()
-    store = store or SQLiteStore(settings.db_path)
+    redact_tokens_in_logs()
+    store = store or SQLiteStore(settings.db_path, limits=Limits(
+        max_runs=settings.max_runs, max_series_per_run=settings.max_series_per_run))
     hub = Hub(settings.viewer_queue)
     engine = AlertEngine(_alert_config(settings))
     sinks: list[AlertSink] = [BrowserSink(hub)]
     if settings.log_alerts:
         sinks.append(LogSink())
+    webhooks = _webhooks(settings)
+    sinks.extend(webhooks)
     writer = Writer(store, engine, hub, sinks, batch_records=settings.writer_batch)
+    retention = Retention(store, writer, engine, retain_days=settings.retain_days,
+                          retain_bytes=settings.retain_bytes,
+                          interval=settings.retention_interval)
+    metrics = ServerMetrics(writer, hub, store, settings.db_path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await writer.start()
+        for hook in webhooks:
+            await hook.start()
+        await retention.start()
         try:
             yield
         finally:
-            await writer.stop()
+            await retention.stop()
+            await writer.stop()  # delivers the last alert changes to the sinks ...
+            for hook in webhooks:
+                await hook.stop()  # ... which the webhooks then post
 
+    # No /docs or /redoc: those pages load scripts from a CDN and run inline script, which
+    # the Content-Security-Policy forbids; the schema stays at /openapi.json.
     app = FastAPI(title="trainvitals", version=_version(), lifespan=lifespan,
-                  default_response_class=WireJSONResponse)
+                  default_response_class=WireJSONResponse, docs_url=None, redoc_url=None)
     app.state.settings, app.state.store, app.state.hub, app.state.writer = (
         settings, store, hub, writer)
+    app.state.metrics, app.state.retention, app.state.webhooks = metrics, retention, webhooks
+    if settings.metrics:
+        app.include_router(metrics_router(metrics, settings.view_token))
     app.include_router(rest_router())
     app.include_router(static_router())
 
@@ -74,7 +88,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @app.websocket("/ws/ingest")
     async def ingest(ws: WebSocket) -> None:
-        await serve_ingest(ws, settings, writer)
+        with metrics.producer():
+            await serve_ingest(ws, settings, writer)
 
     @app.websocket("/ws/live")
     async def live(ws: WebSocket) -> None:
@@ -86,12 +101,30 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         response.headers.update(SECURITY_HEADERS)
         return response
 
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        # Runs outside the middleware above (Starlette's outermost layer), so it sets the
+        # headers itself; uvicorn still logs the traceback.
+        return PlainTextResponse("Internal Server Error", status_code=500,
+                                 headers=SECURITY_HEADERS)
+
     return app
+
+
+def _webhooks(settings: Settings) -> list[WebhookSink]:
+    if not (settings.webhook_urls or settings.slack_webhook_urls):
+        return []
+    return [WebhookSink(json_urls=settings.webhook_urls, slack_urls=settings.slack_webhook_urls,
+                        min_severity=settings.webhook_min_severity,
+                        per_minute=settings.webhook_per_minute, retries=settings.webhook_retries)]
 
 
 def _alert_config(settings: Settings) -> AlertConfig:
     return AlertConfig(stall_steps=settings.stall_steps, resolve_after=settings.resolve_after,
-                       thresholds=tuple(Threshold.parse(t) for t in settings.thresholds))
+                       thresholds=tuple(Threshold.parse(t) for t in settings.thresholds),
+                       headroom_warning=settings.headroom_warning,
+                       headroom_critical=settings.headroom_critical,
+                       headroom_horizon=settings.headroom_horizon)
 
 
 def _version() -> str:

@@ -45,4 +45,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     details TEXT NOT NULL DEFAULT '{}');
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert
     ON alerts (run_id, rank, rule, series) WHERE state = 'open';
+-- where non-finite values started (Step.origin), keyed by the step they started at; a later
+-- record about the same step (the op-level trace) fills in what it adds
+CREATE TABLE IF NOT EXISTS origins (
+    run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL,
+    reported_step INTEGER NOT NULL, kind TEXT NOT NULL, stage TEXT NOT NULL, module TEXT,
+    module_type TEXT,
+    param TEXT, op TEXT, source TEXT, PRIMARY KEY (run_id, rank, step)
+) WITHOUT ROWID;
 """

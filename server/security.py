@@ -1,8 +1,17 @@
-"""Who may talk to the server: token checks (constant time) and websocket Origin checks."""
+"""Who may talk to the server, and what every answer carries.
+
+Tokens are compared in constant time and never logged (uvicorn logs each websocket handshake
+with its query string, where browsers put the view token: a log filter redacts it). Websocket
+Origins are checked against cross-site websocket hijacking. Every HTTP answer — pages, API,
+errors, refused handshakes — carries the same security headers and a Content-Security-Policy
+without inline script.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -10,13 +19,28 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-__all__ = ["origin_allowed", "presented_token", "refuse", "token_ok"]
+__all__ = ["SECURITY_HEADERS", "origin_allowed", "presented_token", "redact_tokens_in_logs",
+           "refuse", "token_ok"]
+
+SECURITY_HEADERS = {
+    # plotly.js injects <style> elements, hence 'unsafe-inline' for styles only; no inline script.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# Loggers that print request paths (with their query strings) in the servers we run under.
+PATH_LOGGERS = ("uvicorn.error", "uvicorn.access")
+_SECRET = re.compile(r"(?i)((?:^|[?&;\s])token=|bearer\s+)[^&\s\"']+")
 
 
 async def refuse(ws: WebSocket, status: int, reason: str) -> None:
     """Turn a websocket handshake down with an HTTP status and a reason the client can read."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(PlainTextResponse(reason, status_code=status))
+        await ws.send_denial_response(
+            PlainTextResponse(reason, status_code=status, headers=SECURITY_HEADERS))
     else:
         await ws.close(code=1008, reason=reason)
 
@@ -51,3 +75,26 @@ def origin_allowed(conn: HTTPConnection, extra: Iterable[str], *, required: bool
         return True
     parts = urlsplit(origin)
     return bool(parts.netloc) and parts.netloc == conn.headers.get("host")
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a log record so that no ``token=…`` or ``Bearer …`` value survives in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = _SECRET.sub(r"\1[redacted]", text)
+        if redacted != text:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_tokens_in_logs(names: Iterable[str] = PATH_LOGGERS) -> None:
+    """Install ``RedactTokens`` on the named loggers (once; safe to call again).
+
+    A filter on the logger itself, not on a handler, survives uvicorn's logging setup, which
+    replaces handlers but keeps filters.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

@@ -16,9 +16,18 @@ from typing import Any
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire, float_to_wire
 from trainvitals.server.alerts import Alert
+from trainvitals.server.downsample import SQLITE_M4
+from trainvitals.server.limits import LimitExceeded, Limits
 from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
 from trainvitals.server.series import step_values
-from trainvitals.server.store import ClipRow, RunRow, SeriesData, SeriesInfo, WriteResult
+from trainvitals.server.store import (
+    ClipRow,
+    OriginRow,
+    RunRow,
+    SeriesData,
+    SeriesInfo,
+    WriteResult,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -37,13 +46,16 @@ def configure(conn: sqlite3.Connection) -> sqlite3.Connection:
 class SQLiteStore:
     """``Store`` on one SQLite file. Writes from one thread; reads from any (own connection)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, limits: Limits | None = None) -> None:
         self.path = Path(path)
+        self.limits = limits or Limits()
         self._local = threading.local()
         self._writer: sqlite3.Connection | None = None
         self._run_ids: dict[str, int] = {}
         self._series_ids: dict[tuple[int, int, str], int] = {}
         self._stream_ids: dict[tuple[int, int, str], int] = {}
+        # stream id -> highest seq up to which every seq is in `seen` (derivable; a cache)
+        self._high_water: dict[int, int] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -86,24 +98,45 @@ class SQLiteStore:
     def write(self, records: Sequence[Record]) -> WriteResult:
         conn = self._write_conn()
         accepted: list[Record] = []
-        top_seq: dict[Stream, int] = {}
+        streams: dict[Stream, int] = {}
         try:
             with conn:
                 for record in records:
                     key = (record.run, record.rank, record.session)
-                    top_seq[key] = max(top_seq.get(key, -1), record.seq)
+                    streams[key] = self._stream_id(conn, record)
                     if self._first_time(conn, record):
                         self._apply(conn, record)
                         accepted.append(record)
+                high_water = {key: self._advance(conn, sid) for key, sid in streams.items()}
         except BaseException:
             self._forget_ids()  # the rollback may have taken ids cached during this write
             raise
-        return WriteResult(accepted, dict(self._run_ids), top_seq)
+        return WriteResult(accepted, dict(self._run_ids),
+                           {key: seq for key, seq in high_water.items() if seq >= 0})
+
+    def _advance(self, conn: sqlite3.Connection, stream_id: int) -> int:
+        """The stream's contiguous high-water mark: every seq up to it is stored (-1: not 0).
+
+        Records may arrive out of order or with gaps (a sender resending after a failed
+        commit); the mark moves only over seqs that are all present, so an ack of it
+        promises the sender that nothing up to it needs resending.
+        """
+        mark = self._high_water.get(stream_id, -1)
+        if conn.execute("SELECT 1 FROM seen WHERE stream_id=? AND seq=?",
+                        (stream_id, mark + 1)).fetchone() is not None:
+            # the first stored seq after the mark whose successor is missing ends the run
+            (mark,) = conn.execute(
+                "SELECT s.seq FROM seen s WHERE s.stream_id=? AND s.seq>? AND NOT EXISTS "
+                "(SELECT 1 FROM seen t WHERE t.stream_id=s.stream_id AND t.seq=s.seq+1) "
+                "ORDER BY s.seq LIMIT 1", (stream_id, mark)).fetchone()
+            self._high_water[stream_id] = mark
+        return mark
 
     def _forget_ids(self) -> None:
         self._run_ids.clear()
         self._series_ids.clear()
         self._stream_ids.clear()
+        self._high_water.clear()
 
     def _first_time(self, conn: sqlite3.Connection, record: Record) -> bool:
         stream_id = self._stream_id(conn, record)
@@ -128,7 +161,7 @@ class SQLiteStore:
             self._end_stream(conn, run_id, record)
 
     def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
-        rows = [(self._series_id(conn, run_id, step.rank, name), step.step, value)
+        rows = [(self._series_id(conn, run_id, step, name), step.step, value)
                 for name, value in step_values(step).items()]
         conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) VALUES (?,?,?)",
                          rows)
@@ -141,6 +174,8 @@ class SQLiteStore:
                 (run_id, step.rank, step.step, _real(c.raw), _real(c.threshold), c.action,
                  c.reason,
                  _dumps(c.components)))
+        if step.origin is not None:
+            _write_origin(conn, run_id, step)
         conn.execute(
             "UPDATE runs SET updated=max(updated, ?), last_step=max(coalesce(last_step, ?), ?) "
             "WHERE id=?",
@@ -167,10 +202,14 @@ class SQLiteStore:
 
     def _run_id(self, conn: sqlite3.Connection, name: str, time: float) -> int:
         if name not in self._run_ids:
-            conn.execute("INSERT OR IGNORE INTO runs(name, created, updated) VALUES (?,?,?)",
-                         (name, time, time))
-            (self._run_ids[name],) = conn.execute("SELECT id FROM runs WHERE name=?",
-                                                  (name,)).fetchone()
+            found = conn.execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
+            if found is None:
+                limit = self.limits.max_runs
+                if limit is not None and _count(conn, "SELECT count(*) FROM runs") >= limit:
+                    raise LimitExceeded.runs(limit, name)
+                found = _inserted(conn, "INSERT INTO runs(name, created, updated) VALUES (?,?,?)",
+                                  name, time, time)
+            self._run_ids[name] = int(found[0])
         return self._run_ids[name]
 
     def _stream_id(self, conn: sqlite3.Connection, record: Record) -> int:
@@ -183,12 +222,19 @@ class SQLiteStore:
                 "SELECT id FROM streams WHERE run_id=? AND rank=? AND session=?", key).fetchone()
         return self._stream_ids[key]
 
-    def _series_id(self, conn: sqlite3.Connection, run_id: int, rank: int, name: str) -> int:
-        key = (run_id, rank, name)
+    def _series_id(self, conn: sqlite3.Connection, run_id: int, step: Step, name: str) -> int:
+        key = (run_id, step.rank, name)
         if key not in self._series_ids:
-            conn.execute("INSERT OR IGNORE INTO series(run_id, rank, name) VALUES (?,?,?)", key)
-            (self._series_ids[key],) = conn.execute(
-                "SELECT id FROM series WHERE run_id=? AND rank=? AND name=?", key).fetchone()
+            found = conn.execute("SELECT id FROM series WHERE run_id=? AND rank=? AND name=?",
+                                 key).fetchone()
+            if found is None:
+                limit = self.limits.max_series_per_run
+                if limit is not None and _count(
+                        conn, "SELECT count(*) FROM series WHERE run_id=?", run_id) >= limit:
+                    raise LimitExceeded.series(limit, step.run, name)
+                found = _inserted(conn, "INSERT INTO series(run_id, rank, name) VALUES (?,?,?)",
+                                  *key)
+            self._series_ids[key] = int(found[0])
         return self._series_ids[key]
 
     def save_alerts(self, alerts: Iterable[Alert]) -> None:
@@ -217,6 +263,27 @@ class SQLiteStore:
                         "details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (run_id, a.rank, a.rule, a.series, *values))
 
+    # ---------------------------------------------------------------- maintenance
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run and everything recorded for it, in one transaction (writer thread)."""
+        conn = self._write_conn()
+        try:
+            with conn:
+                for sql in _DELETE_RUN:
+                    conn.execute(sql, (run_id,))
+        finally:
+            self._forget_ids()  # ids cached for the run are gone; the others are cheap to reload
+
+    def size_bytes(self) -> int:
+        """Bytes of pages in use. Deleted rows free pages that new rows reuse, so the file
+        stops growing once retention deletes as much as is written (it never shrinks)."""
+        conn = self._write_conn()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        return int((pages - free) * page_size)
+
     # ---------------------------------------------------------------- reads
 
     def runs(self) -> list[RunRow]:
@@ -240,8 +307,12 @@ class SQLiteStore:
         open_alerts = dict(conn.execute(
             "SELECT severity, count(*) FROM alerts WHERE run_id=? AND state='open' "
             "GROUP BY severity", (run_id,)).fetchall())
+        recent = conn.execute(  # the lowest rank's latest steps, newest first (index order)
+            "SELECT step, time FROM steps WHERE run_id=? AND rank=? ORDER BY step DESC LIMIT 100",
+            (run_id, min(ranks, default=0))).fetchall()
         return RunRow(run_id, name, status, created, updated, last_step, world, ranks, dropped,
-                      reason, _loads(config), steps, t0, t1, open_alerts)
+                      reason, _loads(config), steps, t0, t1, open_alerts,
+                      _steps_per_second(recent))
 
     def series_list(self, run_id: int) -> list[SeriesInfo]:
         rows = self._read_conn().execute(
@@ -262,6 +333,27 @@ class SQLiteStore:
                 "SELECT step, value FROM points WHERE series_id=? AND step>=? AND step<=? "
                 "ORDER BY step LIMIT ?",
                 (series_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
+            out.append(SeriesData(name, series_rank, [s for s, _ in rows],
+                                  [math.nan if v is None else v for _, v in rows]))
+        return out
+
+    def series_m4(self, run_id: int, name: str, *, rank: int | None = None,
+                  start: int | None = None, end: int | None = None,
+                  buckets: int) -> list[SeriesData]:
+        # The M4 query is in trainvitals.server.downsample, next to its Python reference.
+        conn = self._read_conn()
+        found = conn.execute(
+            "SELECT id, rank FROM series WHERE run_id=? AND name=? AND (? IS NULL OR rank=?) "
+            "ORDER BY rank", (run_id, name, rank, rank)).fetchall()
+        out = []
+        for series_id, series_rank in found:
+            lo, hi = conn.execute(
+                "SELECT min(step), max(step) FROM points WHERE series_id=? AND step>=? AND step<=?",
+                (series_id, _lo(start), _hi(end))).fetchone()
+            # Buckets divide the steps the range actually holds, [lo, hi].
+            rows = [] if lo is None else conn.execute(SQLITE_M4, {
+                "sid": series_id, "start": lo, "span": hi - lo + 1,
+                "b": max(1, min(buckets, hi - lo + 1))}).fetchall()
             out.append(SeriesData(name, series_rank, [s for s, _ in rows],
                                   [math.nan if v is None else v for _, v in rows]))
         return out
@@ -289,14 +381,70 @@ class SQLiteStore:
                       details=_decode_details(_loads(row[12])))
                 for row in rows]
 
+    def origins(self, run_id: int) -> list[OriginRow]:
+        rows = self._read_conn().execute(
+            "SELECT rank, step, reported_step, kind, stage, module, module_type, param, op, "
+            "source "
+            "FROM origins WHERE run_id=? ORDER BY step, rank", (run_id,)).fetchall()
+        return [OriginRow(*row) for row in rows]
+
     def run_id(self, name: str) -> int | None:
         """The id of the run called ``name``, if it exists."""
         row = self._read_conn().execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
         return None if row is None else int(row[0])
 
 
+# Children first: foreign keys are on. Each statement takes the run id once.
+_DELETE_RUN = (
+    "DELETE FROM seen WHERE stream_id IN (SELECT id FROM streams WHERE run_id=?)",
+    "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
+    "DELETE FROM series WHERE run_id=?",
+    "DELETE FROM steps WHERE run_id=?",
+    "DELETE FROM clips WHERE run_id=?",
+    "DELETE FROM origins WHERE run_id=?",
+    "DELETE FROM alerts WHERE run_id=?",
+    "DELETE FROM streams WHERE run_id=?",
+    "DELETE FROM runs WHERE id=?",
+)
+
 _RUN_SELECT = ("SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, "
                "r.reason, r.config FROM runs r")
+
+
+def _count(conn: sqlite3.Connection, sql: str, *params: Any) -> int:
+    return int(conn.execute(sql, params).fetchone()[0])
+
+
+def _inserted(conn: sqlite3.Connection, sql: str, *params: Any) -> tuple[int]:
+    """Run an INSERT; the new row's id, shaped like a fetched ``(id,)`` row."""
+    row_id = conn.execute(sql, params).lastrowid
+    assert row_id is not None
+    return (row_id,)
+
+
+def _steps_per_second(recent: list[tuple[int, float]]) -> float | None:
+    """Steps per second of the trainer's clock over (step, time) pairs, or None if unknown."""
+    if len(recent) < 2:
+        return None
+    (s1, t1), (s0, t0) = recent[0], recent[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+
+def _write_origin(conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+    """Insert the step's origin, or complete the stored one of the same origin step."""
+    o = step.origin
+    assert o is not None
+    conn.execute(
+        "INSERT INTO origins VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (run_id, rank, step) DO UPDATE SET "
+        "reported_step=max(reported_step, excluded.reported_step), kind=excluded.kind, "
+        "stage=excluded.stage, "
+        "module=coalesce(excluded.module, module), "
+        "module_type=coalesce(excluded.module_type, module_type), "
+        "param=coalesce(excluded.param, param), op=coalesce(excluded.op, op), "
+        "source=coalesce(excluded.source, source)",
+        (run_id, step.rank, o.step, step.step, o.kind, o.stage, o.module, o.module_type, o.param,
+         o.op, o.source))
 
 
 def _lo(step: int | None) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from trainvitals.protocol import Record
 from trainvitals.server.alerts import Alert
 
-__all__ = ["ClipRow", "RunRow", "SeriesData", "SeriesInfo", "Store", "WriteResult"]
+__all__ = ["ClipRow", "OriginRow", "RunRow", "SeriesData", "SeriesInfo", "Store", "WriteResult"]
 
 
 @dataclass
@@ -22,7 +22,7 @@ class RunRow:
 
     id: int
     name: str
-    status: str  # running | finished | crashed
+    status: str  # running | finished | crashed (REST adds silent: see health.live_status)
     created: float
     updated: float
     last_step: int | None
@@ -35,6 +35,7 @@ class RunRow:
     first_time: float | None = None
     last_time: float | None = None
     open_alerts: dict[str, int] = field(default_factory=dict)
+    steps_per_second: float | None = None  # recent rate, from the lowest rank's step times
 
 
 @dataclass
@@ -70,8 +71,27 @@ class ClipRow:
 
 
 @dataclass
+class OriginRow:
+    """Where a rank's non-finite values started (``Step.origin``); ``reported_step`` is the
+    step of the latest record that said so."""
+
+    rank: int
+    step: int
+    reported_step: int
+    kind: str  # nan | inf
+    stage: str  # forward | backward | input
+    module: str | None
+    module_type: str | None
+    param: str | None
+    op: str | None
+    source: str | None
+
+
+@dataclass
 class WriteResult:
-    """What a write committed: new records (duplicates left out) and each stream's top seq."""
+    """What a write committed: new records (duplicates left out) and, per stream it touched,
+    the contiguous high-water mark: every seq up to and including it is stored. A stream
+    whose seq 0 is not stored yet has no entry."""
 
     accepted: list[Record]
     run_ids: dict[str, int]
@@ -88,7 +108,10 @@ class Store(Protocol):
         """Release connections."""
 
     def write(self, records: Sequence[Record]) -> WriteResult:
-        """Commit records in one transaction, ignoring (run, rank, session, seq) seen before."""
+        """Commit records in one transaction, ignoring (run, rank, session, seq) seen before.
+
+        Raises ``LimitExceeded`` (and stores nothing) when the records would pass a limit.
+        """
 
     def save_alerts(self, alerts: Iterable[Alert]) -> None:
         """Insert or update alerts; an open alert is keyed by (run, rank, rule, series)."""
@@ -107,9 +130,25 @@ class Store(Protocol):
                limit: int | None = None) -> list[SeriesData]:
         """Points of one series (per rank), optionally within [start, end] steps."""
 
+    def series_m4(self, run_id: int, name: str, *, rank: int | None = None,
+                  start: int | None = None, end: int | None = None,
+                  buckets: int) -> list[SeriesData]:
+        """Points of one series (per rank) in [start, end], downsampled for ``buckets`` pixel
+        columns: per column first, last, min, max and the first NaN/+Inf/-Inf (see
+        ``trainvitals.server.downsample.m4``, which this must equal)."""
+
     def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
               limit: int | None = None) -> list[ClipRow]:
         """Clip events of a run in step order."""
 
     def alerts(self, *, run: str | None = None, state: str | None = None) -> list[Alert]:
         """Alerts, newest first, optionally of one run and state ("open" / "resolved")."""
+
+    def origins(self, run_id: int) -> list[OriginRow]:
+        """Where non-finite values started, in step order (then rank)."""
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run and all it holds (writer thread; retention uses it)."""
+
+    def size_bytes(self) -> int:
+        """Bytes the stored data occupies (retention keeps this under ``retain_bytes``)."""

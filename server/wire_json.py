@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 from trainvitals.protocol import float_to_wire
 
@@ -36,8 +36,11 @@ def wire_dumps(obj: Any) -> str:
     return json.dumps(to_wire(obj), allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
-class WireJSONResponse(Response):
-    """A JSON response that carries non-finite floats as strings instead of failing."""
+class WireJSONResponse(JSONResponse):
+    """A JSON response that carries non-finite floats as strings instead of failing.
+
+    A ``JSONResponse`` subclass so that FastAPI documents its routes as JSON in the OpenAPI
+    schema (for any other class it claims the body is a string)."""
 
     media_type = "application/json"
 

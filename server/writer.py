@@ -1,9 +1,12 @@
 """The single writer: every record goes through one task that commits in batches.
 
 Ingest connections ``submit()`` decoded records and get acknowledgements back through their
-``reply`` callback once the records are committed. Between the commit and the acks, the alert
-engine judges the new steps (in the same worker thread, so it needs no locks), alert changes
-are saved, and live updates go to the hub and the sinks.
+``reply`` callback once the records are committed — or an ``Error`` through ``fail`` when they
+could not be: code ``limit_exceeded`` (fatal: a server limit refuses them) or ``unavailable``
+(the commit failed, e.g. disk full; the sender should send them again later). Either way
+nothing of that frame is stored. Between the commit and the acks, the alert engine judges the
+new steps (in the same worker thread, so it needs no locks), alert changes are saved, and live
+updates go to the hub and the sinks.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from trainvitals.protocol import Ack, Record, RunEnd, RunStart, Step
+from trainvitals.protocol import Ack, Error, Record, RunEnd, RunStart, Step
+from trainvitals.protocol.errors import UNAVAILABLE
 from trainvitals.server.alerts import AlertChange, AlertEngine
 from trainvitals.server.hub import Hub
+from trainvitals.server.limits import LimitExceeded
+from trainvitals.server.progress import ProgressFeed
 from trainvitals.server.series import step_values
 from trainvitals.server.sinks import AlertSink
 from trainvitals.server.store import Store, WriteResult
@@ -27,12 +33,14 @@ __all__ = ["Writer"]
 
 log = logging.getLogger("trainvitals.server")
 Reply = Callable[[list[Ack]], None]
+Fail = Callable[[Error], None]
 
 
 @dataclass
 class _Job:
     records: Sequence[Record]
     reply: Reply
+    fail: Fail | None = None
 
 
 class Writer:
@@ -41,12 +49,14 @@ class Writer:
     def __init__(self, store: Store, engine: AlertEngine, hub: Hub, sinks: Sequence[AlertSink],
                  *, batch_records: int = 512, queue_jobs: int = 1024) -> None:
         self._store, self._engine, self._hub, self._sinks = store, engine, hub, sinks
+        self._progress = ProgressFeed(hub)  # throttled last step/speed of every run, for all
         self._batch_records = batch_records
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_jobs)
         # One thread: SQLite's writer connection and the engine's state live on it alone.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainvitals-writer")
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
+        self.committed_values = 0  # series values in committed steps (for /metrics)
 
     async def start(self) -> None:
         """Open the store, restore open alerts, start the writer task."""
@@ -61,12 +71,22 @@ class Writer:
             await self._queue.put(None)
             await self._task
             self._task = None
+        self._progress.close()
         await self._call(self._store.close)
         self._thread.shutdown(wait=True)
 
-    async def submit(self, records: Sequence[Record], reply: Reply) -> None:
-        """Queue records for commit; waits only when the writer is far behind (backpressure)."""
-        await self._queue.put(_Job(records, reply))
+    async def submit(self, records: Sequence[Record], reply: Reply,
+                     fail: Fail | None = None) -> None:
+        """Queue records for commit; waits only when the writer is far behind (backpressure).
+
+        ``reply`` gets the acks once they are committed; ``fail`` the error if they cannot be.
+        """
+        await self._queue.put(_Job(records, reply, fail))
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the writer's thread between commits (store maintenance such as
+        retention, which must not interleave with a write) and return its result."""
+        return await self._call(fn)
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
@@ -84,12 +104,25 @@ class Writer:
         try:
             await self._commit(jobs)
             return
-        except Exception:  # keep serving; what was not acked is not acked
+        except Exception as exc:  # keep serving; what was not acked is not acked
             if len(jobs) == 1:
-                log.exception("commit of %d record(s) failed", len(jobs[0].records))
+                self._refuse(jobs[0], exc)
                 return
         for job in jobs:
             await self._commit_isolated([job])
+
+    def _refuse(self, job: _Job, exc: Exception) -> None:
+        """Tell the sender that nothing of its frame was stored, and why."""
+        if isinstance(exc, LimitExceeded):
+            log.warning("refused %d record(s): %s", len(job.records), exc)
+            error = Error(code=exc.code, message=str(exc), fatal=True)
+        else:
+            log.error("commit of %d record(s) failed", len(job.records), exc_info=exc)
+            error = Error(code=UNAVAILABLE, fatal=False, message=(
+                f"the server could not store this frame ({type(exc).__name__}: {exc}); "
+                "nothing of it was stored; send it again later")[:500])
+        if job.fail is not None:
+            job.fail(error)
 
     async def _take(self) -> tuple[list[_Job], bool]:
         first = await self._queue.get()
@@ -108,6 +141,8 @@ class Writer:
         records = [r for job in jobs for r in job.records]
         result, changes = await self._call(lambda: self._write(records))
         self.committed += len(result.accepted)
+        self.committed_values += sum(len(step_values(r)) for r in result.accepted
+                                     if isinstance(r, Step))
         self._publish(result)
         for sink in self._sinks:
             sink.deliver(changes)
@@ -134,6 +169,7 @@ class Writer:
         for run, updates in steps.items():
             self._hub.publish(run, {"type": "steps", "run": run,
                                     "run_id": result.run_ids.get(run), "records": updates})
+            self._progress.note(run, result.run_ids.get(run), updates)
 
 
 def _step_update(step: Step) -> dict[str, Any]:
@@ -143,6 +179,7 @@ def _step_update(step: Step) -> dict[str, Any]:
 
 
 def _acks(records: Sequence[Record], result: WriteResult) -> list[Ack]:
+    """One ack per stream of the frame whose contiguous high-water mark exists."""
     streams = {(r.run, r.rank, r.session) for r in records}
     return [Ack(run=run, rank=rank, session=session, seq=result.top_seq[(run, rank, session)])
-            for run, rank, session in streams]
+            for run, rank, session in streams if (run, rank, session) in result.top_seq]

@@ -2,11 +2,31 @@
 
 Statistics stay on the device until one transfer per step; calls only stage and enqueue; one
 daemon thread sends. Never imports ``trainvitals.server``.
+
+The names below load on first use, so that torch-free parts (the spool and ``trainvitals
+sync``) can be imported without importing torch.
 """
 
-from trainvitals.trainer_plugin.clip import NonFiniteLossError
-from trainvitals.trainer_plugin.monitor import CallTimes, Monitor
-from trainvitals.trainer_plugin.sender import DeliveryStats
-from trainvitals.trainer_plugin.stats import exp_overflow_log
+from __future__ import annotations
 
-__all__ = ["CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "exp_overflow_log"]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "attach",
+           "exp_overflow_log"]
+
+if TYPE_CHECKING:
+    from trainvitals.trainer_plugin.adapters.plain import attach
+    from trainvitals.trainer_plugin.clip import NonFiniteLossError
+    from trainvitals.trainer_plugin.monitor import CallTimes, Monitor
+    from trainvitals.trainer_plugin.sender import DeliveryStats
+    from trainvitals.trainer_plugin.stats import exp_overflow_log
+
+_HOMES = {"NonFiniteLossError": "clip", "CallTimes": "monitor", "Monitor": "monitor",
+          "DeliveryStats": "sender", "exp_overflow_log": "stats", "attach": "adapters.plain"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(f"trainvitals.trainer_plugin.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'trainvitals.trainer_plugin' has no attribute {name!r}")

@@ -25,12 +25,17 @@ from typing import Any, TypeVar
 
 import torch
 
-from trainvitals.protocol import Record, RunEnd, RunStart, check_name
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, check_name
 from trainvitals.trainer_plugin.clip import GuardSpec, OnNonFinite, guard_loss
+from trainvitals.trainer_plugin.denominators import denominator_scalars
+from trainvitals.trainer_plugin.link import ingest_url as _ingest_url
 from trainvitals.trainer_plugin.pending import PendingStep, TensorMeta
-from trainvitals.trainer_plugin.sender import DeliveryStats, Sender
+from trainvitals.trainer_plugin.sender import DeliveryStats, make_sender
 from trainvitals.trainer_plugin.staging import StepStaging
 from trainvitals.trainer_plugin.stats import stats_vector
+from trainvitals.trainer_plugin.updates import UpdateWatch
+from trainvitals.trainer_plugin.watch import ModuleWatch
+from trainvitals.trainer_plugin.watchset import WatchSet
 
 __all__ = ["CallTimes", "Monitor"]
 
@@ -38,23 +43,36 @@ log = logging.getLogger("trainvitals")
 Number = torch.Tensor | float | int
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
+LATE_ORIGIN_WAIT_S = 5.0  # at close: most to wait for the sender to judge the last steps
 
 
 @dataclass
 class CallTimes:
-    """Time spent inside the Monitor's per-step calls, measured by the Monitor itself."""
+    """Time spent inside the Monitor's per-step calls, measured by the Monitor itself.
+
+    ``offline_calls`` / ``offline_max_s``: the calls that began or ended while no connection
+    to the server was open (server down, unreachable, slow to answer, or offline mode) — they
+    show that the training loop went on without the network.
+    """
 
     calls: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
+    offline_calls: int = 0
+    offline_max_s: float = 0.0
 
 
 class Monitor:
     """Streams one process's view of a training run to a trainvitals server.
 
-    ``server=None`` disables sending (calls stay cheap no-ops). ``token`` and ``server`` default
-    to ``$TRAINVITALS_TOKEN`` and ``$TRAINVITALS_SERVER``. Rank and world size default to the
-    ``RANK`` / ``WORLD_SIZE`` environment variables that torchrun and Accelerate set. Call
+    ``server=None`` is offline mode: records go only to the spool, for ``trainvitals sync``
+    later. ``token`` and ``server`` default to ``$TRAINVITALS_TOKEN`` and
+    ``$TRAINVITALS_SERVER``. ``spool`` is the directory that keeps records until the server
+    acknowledges them (default ``$TRAINVITALS_SPOOL`` or ``~/.cache/trainvitals/spool``;
+    ``None`` keeps them in memory; ``server=None, spool=None`` turns everything off), at most
+    ``spool_bytes``. ``close()`` waits at most ``close_timeout`` seconds for the server.
+    Rank and world size default to the ``RANK`` / ``WORLD_SIZE`` environment variables that
+    torchrun and Accelerate set, else to an initialised ``torch.distributed`` (``mp.spawn``). Call
     ``close()`` (or use ``with Monitor(...)``) at the end; an atexit hook closes a forgotten one.
     """
 
@@ -62,22 +80,25 @@ class Monitor:
         self, run: str, server: str | None = "", token: str | None = None, *,
         config: Mapping[str, Any] | None = None, rank: int | None = None,
         world_size: int | None = None, queue_size: int = 10_000, close_timeout: float = 10.0,
+        spool: str | os.PathLike[str] | None = "", spool_bytes: int = 256 << 20,
     ) -> None:
         self.run = check_name(run)
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        self.rank = _from_env_or_dist("RANK", rank)
+        self.world_size = _from_env_or_dist("WORLD_SIZE", world_size)
         self.session = uuid.uuid4().hex[:16]
         self.close_timeout = close_timeout
         self.times = CallTimes()
         self._seq = 0
         self._closed = False
         self._staging = StepStaging()
+        self._watches = WatchSet(self._staging)
         self._tensors: dict[str, TensorMeta] = {}
         self._guard: tuple[GuardSpec, tuple[str, ...]] | None = None
         url = _ingest_url(os.environ.get("TRAINVITALS_SERVER", DEFAULT_SERVER)
                           if server == "" else server)
         token = os.environ.get("TRAINVITALS_TOKEN") if token is None else token
-        self._sender = None if url is None else Sender(url, token, queue_size=queue_size)
+        self._sender = make_sender(url, token, (self.run, self.rank, self.session), spool=spool,
+                                   spool_bytes=spool_bytes, queue_size=queue_size)
         self._send(RunStart(
             run=self.run, session=self.session, rank=self.rank, world_size=self.world_size,
             seq=0, time=time.time(), host=socket.gethostname(), pid=os.getpid(),
@@ -140,18 +161,55 @@ class Monitor:
             component_names = self._stage_map("c", components)
             scalar_names = self._stage_map("s", scalars)
             self._seq += 1
+            watched = self._watches.seal(step)  # before the staging is sealed: it stages too
             pending = PendingStep(
                 run=self.run, session=self.session, rank=self.rank, seq=self._seq, step=step,
                 time=time.time(), values=self._staging.seal(), tensors=self._tensors,
                 components=component_names, scalars=scalar_names, guard=self._guard,
+                watch=watched,
             )
             self._tensors, self._guard = {}, None
             self._send(pending)
 
+    # ------------------------------------------------------------------ watches
+
+    def watch(self, model: torch.nn.Module, *, name: str = "model", op_trace: bool = False,
+              trace_window: int = 4) -> ModuleWatch:
+        """Find where NaN/Inf start: hooks on every module and parameter of ``model``.
+
+        Every step, each module's inputs and output and each gradient are reduced on the
+        device; when an output of ``model`` or a gradient goes non-finite, the step record
+        names the first module (execution order) whose output went non-finite from finite
+        inputs and the first parameter (backward order) with a non-finite gradient.
+        ``op_trace=True`` keeps references to the last ``trace_window`` steps' inputs and,
+        once per run, re-runs the first such step's forward under an op tracer to name the op
+        and source line. ``remove()`` on the result takes the hooks off.
+        """
+        return self._watches.watch(model, name=check_name(name), op_trace=op_trace,
+                                   trace_window=trace_window)
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer,
+                        model: torch.nn.Module | None = None, *, every: int = 1) -> UpdateWatch:
+        """Per step: ‖Δθ‖/‖θ‖, dead and frozen parameter counts per top-level module of
+        ``model`` (per parameter group without it) and each group's learning rate, as
+        scalars ``update/<m>``, ``dead_grads/<m>``, ``trainable/<m>``, ``frozen/<m>``,
+        ``lr/group<i>``. ``every=k`` measures every k-th optimizer step only."""
+        return self._watches.watch_optimizer(optimizer, model, every=every)
+
+    def denominator(self, name: str, value: Number, *, valid_count: Number | None = None,
+                    eps: float = 1e-6) -> None:
+        """Record a normalisation denominator (smallest |value|) and, optionally, valid-pixel
+        counts per sample, for the server's degenerate-normalisation alert (no sync)."""
+        with self._timed():
+            for key, item in denominator_scalars(check_name(name), value, valid_count,
+                                                 eps).items():
+                self._watches.scalar(key, item)
+
     # ------------------------------------------------------------------ lifecycle
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until the server has committed everything sent so far; False on timeout."""
+        """Block until the server has committed everything sent so far (offline: until it is
+        all in the spool); False on timeout."""
         return True if self._sender is None else self._sender.flush(timeout)
 
     def stats(self) -> DeliveryStats:
@@ -165,17 +223,15 @@ class Monitor:
             return self.stats()
         self._closed = True
         atexit.unregister(self._close_at_exit)
+        self._send_late_origins(timeout)
         self._seq += 1
         self._send(RunEnd(run=self.run, session=self.session, rank=self.rank, seq=self._seq,
                           time=time.time(), status="crashed" if status == "crashed" else "finished",
                           reason=reason, dropped=self.stats().dropped))
         if self._sender is None:
             return self.stats()
-        stats = self._sender.close(self.close_timeout if timeout is None else timeout)
-        if stats.dropped or not self._sender.flush(0):
-            log.warning("trainvitals: run %r closed with %d record(s) dropped or unacknowledged "
-                        "(%s)", self.run, stats.dropped, stats.last_error or "server slow")
-        return stats
+        # The sender says what, if anything, stayed in the spool and how to send it.
+        return self._sender.close(self.close_timeout if timeout is None else timeout)
 
     def __enter__(self) -> Monitor:
         return self
@@ -190,11 +246,22 @@ class Monitor:
     def _close_at_exit(self) -> None:
         self.close(status="crashed", reason="process exited without Monitor.close()")
 
+    def _send_late_origins(self, timeout: float | None) -> None:
+        """Origins that no step record will carry (the trainer stopped at its first non-finite
+        step, before the op-level trace ran) go in value-less records of their own."""
+        if self._sender is None:
+            return
+        wait = min(LATE_ORIGIN_WAIT_S, self.close_timeout if timeout is None else timeout)
+        for origin in self._watches.finish(wait):
+            self._seq += 1
+            self._send(Step(run=self.run, session=self.session, seq=self._seq, rank=self.rank,
+                            step=self._watches.last_step or 0, time=time.time(), origin=origin))
+
     # ------------------------------------------------------------------ helpers
 
     def _send(self, item: PendingStep | Record) -> None:
         if self._sender is not None:
-            self._sender.submit(item, (self.run, self.rank, self.session), item.seq)
+            self._sender.submit(item)  # the spool numbers records as it keeps them
 
     def _stage_map(self, prefix: str, values: Mapping[str, Number] | None) -> tuple[str, ...]:
         if not values:
@@ -206,6 +273,7 @@ class Monitor:
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
+        offline = self._sender is None or not self._sender.connected
         start = time.perf_counter()
         try:
             yield
@@ -214,6 +282,9 @@ class Monitor:
             self.times.calls += 1
             self.times.total_s += spent
             self.times.max_s = max(self.times.max_s, spent)
+            if offline or self._sender is None or not self._sender.connected:
+                self.times.offline_calls += 1
+                self.times.offline_max_s = max(self.times.offline_max_s, spent)
 
 
 def _scalar(name: str, value: Number) -> Number:
@@ -227,16 +298,17 @@ def _scalar(name: str, value: Number) -> Number:
     return value
 
 
-def _ingest_url(server: str | None) -> str | None:
-    if not server:
-        return None
-    url = server.rstrip("/")
-    for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(plain):
-            url = secure + url[len(plain):]
-    if not url.startswith(("ws://", "wss://")):
-        url = "ws://" + url
-    return url if url.endswith("/ws/ingest") else url + "/ws/ingest"
+def _from_env_or_dist(variable: str, given: int | None) -> int:
+    """``given``, else ``$RANK``/``$WORLD_SIZE``, else the initialised process group's, else
+    rank 0 of 1 (``mp.spawn`` jobs set no environment variables)."""
+    if given is not None:
+        return given
+    if variable in os.environ:
+        return int(os.environ[variable])
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() if variable == "RANK" else dist.get_world_size()
+    return 0 if variable == "RANK" else 1
 
 
 def _versions() -> dict[str, str]:

@@ -14,6 +14,7 @@ from trainvitals.protocol import ClipEvent, Step, TensorStats
 from trainvitals.trainer_plugin.clip import GuardSpec, resolve_clip
 from trainvitals.trainer_plugin.staging import PendingValues
 from trainvitals.trainer_plugin.stats import unpack_stats
+from trainvitals.trainer_plugin.watchset import WatchedStep
 
 __all__ = ["PendingStep", "TensorMeta"]
 
@@ -42,6 +43,7 @@ class PendingStep:
     components: tuple[str, ...]
     scalars: tuple[str, ...]
     guard: tuple[GuardSpec, tuple[str, ...]] | None
+    watch: WatchedStep | None = None  # what Monitor.watch* added: scalars, origin
 
     def build(self) -> Step:
         """Wait for the host copy (sender thread only) and assemble the record."""
@@ -51,6 +53,7 @@ class PendingStep:
             return v[key][0] if key in v else None
 
         clip = self._clip(v)
+        extra, origin = ({}, None) if self.watch is None else self.watch.resolve(v, self.step)
         loss, used = one("loss"), one("loss_used")
         if self.guard is not None:  # the guard saw the raw loss and made the used one
             loss = v["g/raw"][0] if loss is None else loss
@@ -62,8 +65,8 @@ class PendingStep:
             run=self.run, session=self.session, seq=self.seq, step=self.step, rank=self.rank,
             time=self.time, loss=loss, loss_used=used, grad_norm=one("grad_norm"),
             grad_norm_post=one("grad_norm_post"), lr=one("lr"), components=components,
-            scalars={n: v[f"s/{n}"][0] for n in self.scalars},
-            tensors=self._tensor_stats(v), clip=clip,
+            scalars={**extra, **{n: v[f"s/{n}"][0] for n in self.scalars}},
+            tensors=self._tensor_stats(v), clip=clip, origin=origin,
         )
 
     def _tensor_stats(self, v: dict[str, list[float]]) -> dict[str, TensorStats]:

@@ -1,32 +1,42 @@
-"""The one background thread that talks to the server.
+"""Everything between ``Monitor``'s calls and the server, off the training thread.
 
-Training threads only ``submit()``: a non-blocking put into a bounded queue. When the queue is
-full the item is dropped and counted — the step never waits on the network. The thread
-batches records into frames, reconnects with backoff, reads acknowledgements and server
-errors, and never lets an exception escape into the training process.
+Training threads only ``submit()``: a non-blocking put into a bounded queue (when it is full
+the item is dropped and counted — the step never waits). Two daemon threads do the rest:
+
+* the **collector** takes items from the queue, builds records (waiting for device values is
+  fine here), and appends them to the stream's ``Spool``, which numbers, validates and keeps
+  them. It never touches the network, so a slow or absent server never fills the queue.
+* the **sender** (``Link``) delivers the spool to the server and resends what was not
+  acknowledged. Without a server (offline mode) there is no sender: the spool is the result,
+  uploaded later with ``trainvitals sync``.
+
+``close()`` waits a bounded time for the server's acks, then says what, if anything, stayed
+in the spool and how to send it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from trainvitals.protocol import Ack, Batch, Error, ProtocolError, Record, decode, encode
-from trainvitals.trainer_plugin.backoff import backoff_delays
+from trainvitals.protocol import Record, RunEnd, RunStart
+from trainvitals.protocol.transport import DEFAULT_MAX_MESSAGE_BYTES
+from trainvitals.trainer_plugin.link import DeliveryStats, Link, Stream
+from trainvitals.trainer_plugin.spool import Spool, SpoolRefused, stream_stem
 
-__all__ = ["DeliveryStats", "Sender", "Submittable"]
+__all__ = ["DeliveryStats", "Sender", "Submittable", "default_spool_dir", "make_sender"]
 
 log = logging.getLogger("trainvitals")
-Stream = tuple[str, int, str]  # (run, rank, session)
+_STOP = object()
 
 
 class Submittable(Protocol):
@@ -35,240 +45,179 @@ class Submittable(Protocol):
     def build(self) -> Record: ...
 
 
-@dataclass
-class DeliveryStats:
-    """Counters of what happened to submitted records (a snapshot)."""
-
-    submitted: int = 0
-    sent: int = 0
-    dropped: int = 0
-    connected: bool = False
-    reconnects: int = 0
-    server_errors: int = 0
-    last_error: str = ""
-    acked: dict[Stream, int] = field(default_factory=dict)
-
-
-_STOP = object()
-
-
 class Sender:
-    """Delivers records to ``url`` from a daemon thread; see the module docstring."""
+    """Collects, spools and delivers one stream's records; see the module docstring.
+
+    ``url=None`` is offline mode (spool only); ``spool_dir=None`` keeps the spool in memory.
+    """
 
     def __init__(
-        self, url: str, token: str | None, *, queue_size: int = 10_000, batch_size: int = 256,
-        max_frame_bytes: int = 1 << 20, idle_poll: float = 0.05,
-        connect: Callable[..., ClientConnection] = connect,
+        self, url: str | None, token: str | None, stream: Stream, *,
+        spool_dir: Path | None, spool_bytes: int = 256 << 20, queue_size: int = 10_000,
+        batch_size: int = 256, max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        idle_poll: float = 0.05, connect: Callable[..., ClientConnection] = connect,
     ) -> None:
-        self.url, self._token = url, token
+        self.url, self.stream = url, stream
+        self.spool = Spool(spool_dir, stream_stem(*stream), max_bytes=spool_bytes,
+                           max_record_bytes=max_frame_bytes)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self._batch_size, self._max_frame = batch_size, max_frame_bytes
-        self._idle_poll, self._connect_fn = idle_poll, connect
-        self._ws: ClientConnection | None = None
-        self._stats = DeliveryStats()
+        self._stats = DeliveryStats(spool=str(spool_dir or ""))
         self._changed = threading.Condition()
-        self._closing = threading.Event()
-        self._deadline = float("inf")
-        self._last_seq: dict[Stream, int] = {}
-        self._thread = threading.Thread(target=self._run, name="trainvitals-sender", daemon=True)
-        self._thread.start()
+        self._taken = 0  # items the collector has finished with (kept or dropped)
+        self._refusals: set[str] = set()
+        self._collector = threading.Thread(target=self._collect, name="trainvitals-collector",
+                                           daemon=True)
+        self._collector.start()
+        self.link: Link | None = None
+        if url is not None:
+            self.link = Link(url, token, self.spool, stream, self._stats, self._changed,
+                             batch_size=batch_size, max_frame_bytes=max_frame_bytes,
+                             idle_poll=idle_poll, connect=connect)
+            self._link_thread = threading.Thread(target=self.link.run,
+                                                 name="trainvitals-sender", daemon=True)
+            self._link_thread.start()
 
     # ------------------------------------------------------------ training-thread side
 
-    def submit(self, item: Submittable | Record, stream: Stream, seq: int) -> bool:
-        """Queue ``item`` without blocking; False (and counted) when the queue is full."""
+    def submit(self, item: Submittable | Record) -> bool:
+        """Queue ``item`` without blocking; False (and counted) when the queue is full.
+
+        Run start and end records wait up to a few seconds for room instead (they come once,
+        outside the training loop, and without them the run's status would be wrong).
+        """
         try:
-            self._queue.put_nowait(item)
+            if isinstance(item, (RunStart, RunEnd)):
+                self._queue.put(item, timeout=5.0)
+            else:
+                self._queue.put_nowait(item)
         except queue.Full:
-            with self._changed:
-                self._stats.dropped += 1
-                first = self._stats.dropped == 1
-            if first:
-                log.warning("trainvitals: send queue full, dropping records (server slow or "
-                            "unreachable at %s); the count is reported with the run", self.url)
+            self._dropped("queue full: the collector thread cannot keep up")
             return False
         with self._changed:
             self._stats.submitted += 1
-            self._last_seq[stream] = seq
         return True
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the server is open now (a lock-free read)."""
+        return self.link is not None and self.link.connected
+
+    # ------------------------------------------------------------ any thread
 
     def stats(self) -> DeliveryStats:
         """A snapshot of the delivery counters."""
         with self._changed:
-            s = self._stats
-            return DeliveryStats(s.submitted, s.sent, s.dropped, s.connected, s.reconnects,
-                                 s.server_errors, s.last_error, dict(s.acked))
+            snapshot = self._stats.copy()
+        snapshot.pending = self.spool.pending
+        return snapshot
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the server acknowledged every queued record; False on timeout."""
+        """Wait until every submitted record is kept and (with a server) acknowledged."""
         end = time.monotonic() + timeout
         with self._changed:
-            while not self._all_acked():
+            while not self._settled():
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self._changed.wait(left)
+                self._changed.wait(min(left, 0.05))  # acks notify; the collector may not
         return True
 
+    def _settled(self) -> bool:
+        collected = self._taken >= self._stats.submitted
+        return collected and (self.link is None or self.spool.pending == 0)
+
     def close(self, timeout: float) -> DeliveryStats:
-        """Deliver what is queued within ``timeout`` seconds, then stop the thread."""
-        self.flush(timeout)
-        self._deadline = time.monotonic()
-        self._closing.set()
-        # Never wait for room: with the queue full, the thread stops once it has emptied it.
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_STOP)
-        self._thread.join(timeout=2.0)
-        return self.stats()
+        """Deliver within ``timeout`` seconds (plus at most about one), stop, and report."""
+        end = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):  # a full queue: the collector is far behind
+            self._queue.put(_STOP, timeout=max(0.0, timeout))
+        self._collector.join(max(0.0, end - time.monotonic()))
+        self.flush(max(0.0, end - time.monotonic()))
+        if self.link is not None:
+            self.link.stop.set()
+            self._link_thread.join(1.0)
+        kept = self.spool.close()
+        stats = self.stats()
+        self._report(stats, kept, timeout)
+        return stats
 
-    def _all_acked(self) -> bool:
-        acked = self._stats.acked
-        return all(acked.get(stream, -1) >= seq for stream, seq in self._last_seq.items())
+    # ------------------------------------------------------------ collector thread
 
-    # ------------------------------------------------------------ sender-thread side
-
-    def _run(self) -> None:
-        try:
-            while True:
-                records, stop = self._collect()
-                if records:
-                    self._deliver(records)
-                if stop:
-                    break
-        except Exception:  # a bug here must not take the training process down
-            log.exception("trainvitals: sender thread failed; monitoring stops, training goes on")
-        finally:
-            self._disconnect()
-
-    def _collect(self) -> tuple[list[Record], bool]:
-        try:
-            first = self._queue.get(timeout=self._idle_poll)
-        except queue.Empty:
-            self._read_replies()
-            # Closed, and nothing left: stop even if _STOP found no room in a full queue.
-            return [], self._closing.is_set() and time.monotonic() >= self._deadline
-        items = [first]
-        while len(items) < self._batch_size and items[-1] is not _STOP:
+    def _collect(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
             try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        stop = items[-1] is _STOP
-        return [r for r in map(self._build, items) if r is not None], stop
+                self._keep(item)
+            except Exception:  # a bug here must not take the training process down
+                log.exception("trainvitals: could not keep a record; dropping it")
+                self._dropped("internal error")
+            with self._changed:
+                self._taken += 1
+                self._changed.notify_all()
 
-    def _build(self, item: object) -> Record | None:
-        if item is _STOP:
-            return None
+    def _keep(self, item: object) -> None:
         try:
-            return item.build() if hasattr(item, "build") else item  # type: ignore[return-value]
+            record: Record = item.build() if hasattr(item, "build") else item  # type: ignore[assignment]
         except Exception:
             log.exception("trainvitals: could not read a step's values; dropping that step")
-            with self._changed:
-                self._stats.dropped += 1
-            return None
-
-    def _deliver(self, records: list[Record]) -> None:
-        frames = self._frames(records)
-        backoff = backoff_delays()
-        while frames:
-            if self._ws is None and not self._reconnect(backoff):
-                self._count_dropped(sum(n for _, n in frames))
-                return
-            try:
-                assert self._ws is not None
-                self._ws.send(frames[0][0])
-            except (WebSocketException, OSError) as exc:
-                self._note_error(f"send failed: {exc}")
-                self._disconnect()
-                continue
-            with self._changed:
-                self._stats.sent += frames[0][1]
-            frames.pop(0)
-        self._read_replies()
-
-    def _frames(self, records: list[Record]) -> list[tuple[str, int]]:
-        frame = encode(Batch(tuple(records), dropped=self._stats.dropped))
-        if len(frame.encode()) <= self._max_frame or len(records) == 1:
-            return [(frame, len(records))]
-        half = len(records) // 2
-        return self._frames(records[:half]) + self._frames(records[half:])
-
-    def _reconnect(self, backoff: object) -> bool:
-        """Connect, sleeping between failures; False once closing and past the deadline."""
-        for delay in backoff:  # type: ignore[attr-defined]
-            if self._closing.is_set() and time.monotonic() >= self._deadline:
-                return False
-            try:
-                self._ws = self._open()
-            except InvalidStatus as exc:
-                self._note_error(f"server refused the connection: HTTP "
-                                 f"{exc.response.status_code} (check the token)")
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                self._note_error(f"cannot connect to {self.url}: {exc}")
-            else:
-                with self._changed:
-                    self._stats.connected = True
-                    self._stats.reconnects += 1
-                return True
-            self._closing.wait(delay)
-        return False
-
-    def _open(self) -> ClientConnection:
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        ws = self._connect_fn(self.url, additional_headers=headers, open_timeout=5,
-                              close_timeout=1, proxy=None, max_size=self._max_frame)
-        # Enter it as a context manager (left by ws.close() in _disconnect): websockets >= 17.1
-        # warns on the first send of a connection used otherwise, and a warnings-as-errors
-        # setting would turn that warning into an exception that ends this thread.
-        ws.__enter__()
-        return ws
-
-    def _read_replies(self) -> None:
-        while self._ws is not None:
-            try:
-                frame = self._ws.recv(timeout=0)
-            except TimeoutError:
-                return
-            except (WebSocketException, OSError) as exc:
-                self._note_error(f"connection lost: {exc}")
-                self._disconnect()
-                return
-            self._handle_reply(frame)
-
-    def _handle_reply(self, frame: str | bytes) -> None:
-        try:
-            message = decode(frame)
-        except ProtocolError as exc:
-            self._note_error(f"unreadable reply from server: {exc}")
+            self._dropped("")
             return
-        with self._changed:
-            if isinstance(message, Ack):
-                stream = (message.run, message.rank, message.session)
-                self._stats.acked[stream] = max(message.seq, self._stats.acked.get(stream, -1))
-                self._changed.notify_all()
-            elif isinstance(message, Error):
-                self._stats.server_errors += 1
-        if isinstance(message, Error):
-            self._note_error(f"server error {message.code}: {message.message}")
+        try:
+            self.spool.append(record, essential=isinstance(record, (RunStart, RunEnd)))
+        except SpoolRefused as exc:
+            self._dropped(str(exc))
 
-    def _note_error(self, text: str) -> None:
+    def _dropped(self, reason: str) -> None:
         with self._changed:
-            repeated = text == self._stats.last_error
-            self._stats.last_error = text
-        if not repeated:  # one line per distinct problem, not one per retry
-            log.warning("trainvitals: %s", text)
-
-    def _count_dropped(self, n: int) -> None:
-        with self._changed:
-            self._stats.dropped += n
+            self._stats.dropped += 1
+            first = reason not in self._refusals
+            self._refusals.add(reason)
             self._changed.notify_all()
+        if first and reason:  # one line per kind of loss; the count goes with the run
+            log.warning("trainvitals: dropping records of run %r: %s (the count is reported "
+                        "with the run)", self.stream[0], reason)
 
-    def _disconnect(self) -> None:
-        ws, self._ws = self._ws, None
-        with self._changed:
-            self._stats.connected = False
-        if ws is not None:
-            with contextlib.suppress(Exception):  # already broken; nothing to tell the user
-                ws.close()
+    # ------------------------------------------------------------ the last word
+
+    def _report(self, stats: DeliveryStats, kept: list[Path], timeout: float) -> None:
+        """Say what stayed behind and how to send it (a warning: people must see it)."""
+        run = self.stream[0]
+        if stats.dropped:
+            log.warning("trainvitals: %d record(s) of run %r were dropped (%s)", stats.dropped,
+                        run, "; ".join(sorted(r for r in self._refusals if r)) or "see above")
+        if not stats.pending:
+            return
+        if not kept:
+            log.warning("trainvitals: %d record(s) of run %r were not delivered and are lost "
+                        "(the spool was kept in memory)", stats.pending, run)
+            return
+        where = self.spool.directory
+        server = (self.url or "").removesuffix("/ws/ingest") or "ws://HOST:PORT"
+        why = ("recorded offline" if self.url is None else
+               f"not acknowledged by {server} within {timeout:g} s"
+               + (f" ({stats.last_error})" if stats.last_error else ""))
+        log.warning("trainvitals: %d record(s) of run %r %s are kept in %s; send them with: "
+                    "trainvitals sync %s --server %s", stats.pending, run, why, where, where,
+                    server)
 
 
+def make_sender(url: str | None, token: str | None, stream: Stream, *,
+                spool: str | os.PathLike[str] | None, spool_bytes: int,
+                queue_size: int) -> Sender | None:
+    """The sender a ``Monitor`` asked for: ``spool=""`` is the default directory, ``None``
+    memory only; no server and no spool file means nothing to do (``None``)."""
+    spool_dir = default_spool_dir() if spool == "" else None if spool is None else Path(spool)
+    if url is None and spool_dir is None:
+        return None
+    return Sender(url, token, stream, spool_dir=spool_dir, spool_bytes=spool_bytes,
+                  queue_size=queue_size)
+
+
+def default_spool_dir() -> Path:
+    """``$TRAINVITALS_SPOOL``, else ``$XDG_CACHE_HOME/trainvitals/spool`` (``~/.cache/…``)."""
+    if os.environ.get("TRAINVITALS_SPOOL"):
+        return Path(os.environ["TRAINVITALS_SPOOL"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "trainvitals" / "spool"

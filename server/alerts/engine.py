@@ -13,9 +13,12 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from trainvitals.protocol import Step
+from trainvitals.server.alerts.headroom import headroom
+from trainvitals.server.alerts.learning import no_learning
 from trainvitals.server.alerts.memory import RankMemory
 from trainvitals.server.alerts.model import Alert, AlertChange, AlertConfig, Finding
 from trainvitals.server.alerts.nonfinite import nonfinite
+from trainvitals.server.alerts.normalisation import normalisation
 from trainvitals.server.alerts.rules import clip, observed, stall, threshold
 from trainvitals.server.alerts.spike import spike
 from trainvitals.server.series import step_values
@@ -95,12 +98,19 @@ class AlertEngine:
         memory, config = rank.memory, self.config
         memory.advance(step)
         open_stalls = {series for rule, series in rank.alerts if rule == "stall"}
+        broken = nonfinite(step, values, memory.active_origin())
+        if not broken:
+            memory.origin_active = False  # a clean step ends the episode it explained
         found = [
-            *nonfinite(step, values),
+            *broken,
             *clip(step, memory.clipped, len(memory.clips)),
             *stall(step, memory.loss_streak, memory.grad_streak, config.stall_steps, open_stalls),
             *spike(step, memory.losses, config),
             *threshold(step, values, config.thresholds),
+            *headroom(step, memory.maxima, config),
+            *no_learning(step, values, memory.learning_streak, config,
+                         ("no_learning", "update") in rank.alerts),
+            *normalisation(step, values),
         ]
         memory.remember_loss(step)  # after spike judged this loss against the earlier ones
         merged: dict[_Key, Finding] = {}

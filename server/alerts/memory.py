@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import replace
 
-from trainvitals.protocol import Step
+from trainvitals.protocol import NonFiniteOrigin, Step
 from trainvitals.server.alerts.model import AlertConfig
 
-__all__ = ["RankMemory", "Streak", "grad_stalled", "loss_stalled"]
+__all__ = ["MAX_WATCHED_TENSORS", "RankMemory", "Streak", "grad_stalled", "loss_stalled",
+           "merge_origin"]
+
+MAX_WATCHED_TENSORS = 1000  # tensors whose max the headroom trend follows, per rank
 
 
 class Streak:
@@ -30,6 +34,16 @@ class Streak:
         self.length += 1
 
 
+def merge_origin(old: NonFiniteOrigin | None, new: NonFiniteOrigin) -> NonFiniteOrigin:
+    """``new``, with what ``old`` knew of the same origin step and ``new`` does not say (a
+    later op-level trace completes the origin its step reported; the store merges alike)."""
+    if old is None or old.step != new.step:
+        return new
+    known = {f: getattr(old, f) for f in ("module", "module_type", "param", "op", "source")
+             if getattr(new, f) is None}
+    return replace(new, **known)
+
+
 def loss_stalled(step: Step) -> bool:
     """Nothing was backpropagated: ``loss_used`` is exactly 0 or the loss guard zeroed the loss."""
     # None means "not reported", so a step without loss_used or a clip event proves nothing.
@@ -47,9 +61,12 @@ def grad_stalled(step: Step) -> bool:
 
 
 class RankMemory:
-    """Rolling state of one rank: stall streaks, recent clip events, recent finite raw losses."""
+    """Rolling state of one rank: stall streaks, recent clip events, recent finite raw losses,
+    the latest non-finite origin, recent maxima of tensors that feed ``exp``, and the streak of
+    steps without learning."""
 
-    __slots__ = ("clipped", "clips", "grad_streak", "loss_streak", "losses")
+    __slots__ = ("_window", "clipped", "clips", "grad_streak", "learning_streak", "loss_streak",
+                 "losses", "maxima", "origin", "origin_active")
 
     def __init__(self, config: AlertConfig) -> None:
         self.loss_streak = Streak()
@@ -57,6 +74,11 @@ class RankMemory:
         self.clips: deque[bool] = deque(maxlen=config.clip_window)
         self.clipped = 0  # how many True in ``clips``, kept so the rate costs O(1) per step
         self.losses: deque[float] = deque(maxlen=config.spike_window)
+        self.origin: NonFiniteOrigin | None = None  # the latest, kept to merge a late trace
+        self.origin_active = False  # until a clean step ends the episode it explains
+        self.maxima: dict[str, deque[tuple[int, float]]] = {}
+        self._window = config.headroom_window
+        self.learning_streak = Streak()
 
     def advance(self, step: Step) -> None:
         """Count ``step`` into the streaks and the clip window (not the loss baseline)."""
@@ -67,6 +89,26 @@ class RankMemory:
         clipped = step.clip is not None
         self.clips.append(clipped)
         self.clipped += clipped
+        if step.origin is not None:
+            self.origin = merge_origin(self.origin, step.origin)
+            self.origin_active = True
+        self._remember_maxima(step)
+
+    def active_origin(self) -> NonFiniteOrigin | None:
+        """The origin that explains the current run of non-finite steps, if one is known."""
+        return self.origin if self.origin_active else None
+
+    def _remember_maxima(self, step: Step) -> None:
+        """The finite max of every tensor with a headroom, for the trend rule."""
+        for name, stats in step.tensors.items():
+            if stats.headroom is None or not math.isfinite(stats.max):
+                continue
+            history = self.maxima.get(name)
+            if history is None:
+                if len(self.maxima) >= MAX_WATCHED_TENSORS:
+                    continue
+                history = self.maxima[name] = deque(maxlen=self._window)
+            history.append((step.step, stats.max))
 
     def remember_loss(self, step: Step) -> None:
         """Add the step's raw loss to the spike baseline, once the spike rule has judged it."""

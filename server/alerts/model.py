@@ -150,9 +150,18 @@ class AlertConfig:
     spike_min_history: int = 20
     spike_threshold: float = 10.0
     thresholds: tuple[Threshold, ...] = ()
+    # headroom: fractions of the dtype's margin ln(max) that may be left before a warning /
+    # critical alert (float32: 0.25 → max above 66.5; float16: max above 8.3), and the trend
+    # rule: the window of steps it fits and how many steps ahead it projects the overflow.
+    headroom_warning: float = 0.25
+    headroom_critical: float = 0.05
+    headroom_window: int = 10
+    headroom_horizon: int = 1000
+    no_learning_ratio: float = 1e-8  # ‖Δθ‖/‖θ‖ at or below this is "did not move"
 
     def __post_init__(self) -> None:
-        for name in ("stall_steps", "resolve_after", "clip_window", "spike_window"):
+        for name in ("stall_steps", "resolve_after", "clip_window", "spike_window",
+                     "headroom_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 2 <= self.spike_min_history <= self.spike_window:
@@ -162,5 +171,13 @@ class AlertConfig:
             )
         if not self.spike_threshold > 0:
             raise ValueError(f"spike_threshold must be positive, got {self.spike_threshold}")
+        if not 0 <= self.headroom_critical <= self.headroom_warning < 1:
+            raise ValueError(
+                "headroom fractions must satisfy 0 <= critical <= warning < 1, got "
+                f"critical={self.headroom_critical}, warning={self.headroom_warning}")
+        if self.headroom_window < 3:
+            raise ValueError(f"headroom_window must be at least 3, got {self.headroom_window}")
+        if not self.no_learning_ratio >= 0:
+            raise ValueError(f"no_learning_ratio must be >= 0, got {self.no_learning_ratio}")
         # A list would make the frozen config unhashable and shareable-by-mutation.
         object.__setattr__(self, "thresholds", tuple(self.thresholds))

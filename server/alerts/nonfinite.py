@@ -1,23 +1,44 @@
-"""The ``nonfinite`` rule: NaN or ±Inf in any reported value, tensor, or loss-guard input."""
+"""The ``nonfinite`` rule: NaN or ±Inf in any reported value, tensor, or loss-guard input.
+
+While the plugin's ``watch`` has located where the values started (``Step.origin``, kept per
+rank until a step is clean), every message names it, and the series ``origin`` holds one alert
+that says it in its headline.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
-from trainvitals.protocol import ClipEvent, Step, TensorStats
+from trainvitals.protocol import ClipEvent, NonFiniteOrigin, Step, TensorStats
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
+from trainvitals.server.alerts.origin import origin_details, origin_finding, origin_text
 
 __all__ = ["nonfinite"]
 
 
-def nonfinite(step: Step, values: Mapping[str, float]) -> list[Finding]:
+def nonfinite(step: Step, values: Mapping[str, float],
+              origin: NonFiniteOrigin | None = None) -> list[Finding]:
     """Critical findings for every non-finite value, tensor and loss-guard input at this step.
 
     ``values`` is ``step_values(step)``; an empty tensor (count 0) has NaN stats by construction
-    and is not reported.
+    and is not reported. ``origin`` is the latest known origin of this rank's non-finite
+    values: the findings name it, and one more finding on ``origin`` holds it while the step
+    carries it or shows non-finite values.
     """
+    found = _findings(step, values)
+    if origin is None:
+        return found
+    named = [replace(f, message=f"{f.message} {origin_text(origin)}",
+                     details={**f.details, **origin_details(origin)}) for f in found]
+    if found or step.origin is not None:
+        named.append(origin_finding(step, origin))
+    return named
+
+
+def _findings(step: Step, values: Mapping[str, float]) -> list[Finding]:
     found: list[Finding] = []
     for series, x in values.items():
         if not series.startswith("tensor/") and not math.isfinite(x):

@@ -1,7 +1,8 @@
 """The rules: pure functions from one step (and what is remembered of earlier ones) to findings.
 
 Rule names are stable strings that sinks and stored alerts rely on: ``nonfinite``, ``clip``,
-``stall``, ``spike`` and ``threshold``; ``nonfinite`` and ``spike`` have modules of their own.
+``stall``, ``spike``, ``threshold``, ``headroom``, ``no_learning`` and ``normalisation``; only
+``clip``, ``stall`` and ``threshold`` live here, the others have modules of their own.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from collections.abc import Collection, Iterable, Mapping
 
 from trainvitals.protocol import ClipEvent, Step
 from trainvitals.server.alerts import text
+from trainvitals.server.alerts.learning import reports_learning
 from trainvitals.server.alerts.memory import Streak
 from trainvitals.server.alerts.model import Details, Finding, Threshold
 
 __all__ = ["RULES", "clip", "guard_text", "observed", "stall", "threshold"]
 
-RULES = ("nonfinite", "clip", "stall", "spike", "threshold")
+RULES = ("nonfinite", "clip", "stall", "spike", "threshold", "headroom", "no_learning",
+         "normalisation")
 
 
 def clip(step: Step, clipped: int, seen: int) -> list[Finding]:
@@ -127,8 +130,12 @@ def observed(rule: str, series: str, step: Step, values: Mapping[str, float]) ->
     """
     if rule == "nonfinite" and series.startswith("tensor/"):
         return series.removeprefix("tensor/") in step.tensors
+    if rule == "nonfinite" and series == "origin":
+        return True  # every step says whether the run is still non-finite
+    if rule == "no_learning":
+        return reports_learning(values)
     if rule == "nonfinite":
         return series in values or (series == "loss" and step.clip is not None)
-    if rule in ("spike", "threshold"):
+    if rule in ("spike", "threshold", "headroom", "normalisation"):
         return series in values and math.isfinite(values[series])
     return True  # stall and clip judge every step; unknown (restored) rules must still resolve

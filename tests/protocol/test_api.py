@@ -10,7 +10,8 @@ import trainvitals.protocol as protocol
 
 EXPECTED_ALL = {
     "MAX_ENTRIES", "MAX_NAME_LENGTH", "PROTOCOL_VERSION",
-    "Ack", "Batch", "ClipEvent", "Error", "Message", "ProtocolError", "Record", "RunEnd",
+    "Ack", "Batch", "ClipEvent", "Error", "Message", "NonFiniteOrigin", "ProtocolError",
+    "Record", "RunEnd",
     "RunStart", "Step", "TensorStats",
     "check_name", "decode", "encode", "float_from_wire", "float_to_wire",
 }

@@ -18,6 +18,7 @@ from trainvitals.protocol import (
     ClipEvent,
     Error,
     Message,
+    NonFiniteOrigin,
     ProtocolError,
     RunEnd,
     RunStart,
@@ -58,13 +59,19 @@ clips = st.builds(
     reason=st.sampled_from(["above_threshold", "nan", "posinf", "neginf"]),
     components=float_maps,
 )
+labels = st.none() | names
+origins = st.builds(
+    NonFiniteOrigin, step=ints64, kind=st.sampled_from(["nan", "inf"]),
+    stage=st.sampled_from(["forward", "backward", "input"]), module=labels,
+    module_type=labels, param=labels, op=labels, source=labels,
+)
 steps = st.builds(
     Step, run=names, session=names, seq=counts, step=ints64, rank=counts, time=times,
     loss=st.none() | any_float, loss_used=st.none() | any_float,
     grad_norm=st.none() | any_float, grad_norm_post=st.none() | any_float,
     lr=st.none() | any_float, components=float_maps, scalars=float_maps,
     tensors=st.dictionaries(short_names, tensor_stats, max_size=3),
-    clip=st.none() | clips,
+    clip=st.none() | clips, origin=st.none() | origins,
 )
 json_scalars = st.none() | st.booleans() | st.integers() | times | texts
 json_values = st.recursive(

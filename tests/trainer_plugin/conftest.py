@@ -45,12 +45,14 @@ def server(start_server: Callable[..., ServerThread]) -> ServerThread:
 
 
 @pytest.fixture
-def monitors() -> Iterator[Callable[..., Monitor]]:
-    """Makes monitors and closes whatever the test left open (never at interpreter exit)."""
+def monitors(tmp_path: Path) -> Iterator[Callable[..., Monitor]]:
+    """Makes monitors and closes whatever the test left open (never at interpreter exit).
+    Their spool is ``tmp_path/spool`` unless a test says otherwise."""
     made: list[Monitor] = []
 
     def make(run: str, server: str | None, **kw: Any) -> Monitor:
         kw.setdefault("token", TOKEN)
+        kw.setdefault("spool", tmp_path / "spool")
         mon = Monitor(run, server=server, **kw)
         made.append(mon)
         return mon

@@ -138,7 +138,7 @@ def test_nan_threshold_never_fires_on_finite_losses() -> None:
 
 @pytest.fixture
 def offline(monitors: Callable[..., Monitor]) -> Monitor:
-    return monitors("offline-run", None)
+    return monitors("offline-run", None, spool=None)  # no server, no spool: nothing to do
 
 
 def test_monitor_without_server_is_a_no_op_sender(offline: Monitor) -> None:

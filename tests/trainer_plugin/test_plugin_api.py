@@ -14,14 +14,17 @@ import trainvitals.trainer_plugin as plugin
 
 def test_plugin_all_is_curated_and_importable() -> None:
     assert sorted(plugin.__all__) == [
-        "CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "exp_overflow_log"]
+        "CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "attach",
+        "exp_overflow_log"]
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None, name
 
 
 def test_top_level_names_are_the_plugin_s() -> None:
-    assert sorted(trainvitals.__all__) == ["Monitor", "NonFiniteLossError", "__version__"]
+    assert sorted(trainvitals.__all__) == ["Monitor", "NonFiniteLossError", "__version__",
+                                           "attach"]
     assert trainvitals.Monitor is plugin.Monitor
+    assert trainvitals.attach is plugin.attach
     assert trainvitals.NonFiniteLossError is plugin.NonFiniteLossError
     assert trainvitals.__version__ == "0.1.0"
     with pytest.raises(AttributeError, match="has no attribute 'Sender'"):

@@ -1,0 +1,259 @@
+"""Latency: from ``log_step`` to the point being in the dashboard's chart, in headless Chromium.
+
+A ``Monitor`` logs steps at a fixed rate to a ``trainvitals serve`` subprocess; the dashboard is
+open on the run in headless Chromium. A ``MutationObserver`` on the loss chart notes, for each
+step, when its point first appears in the chart's data after plotly redrew the DOM
+(``performance.timeOrigin + performance.now()``, the same wall clock as Python's
+``time.time()``), and again at the next animation frame (≈ painted). Latency = that time minus
+``time.time()`` taken just before ``log_step``. p50/p99 per rate.
+
+To tell the plugin's share from the server's and the page's, each rate also runs with a raw
+websocket client sending one pre-encoded step frame per step (no plugin), and the page notes
+when each step arrives on its live websocket (an extra listener installed before the app's
+scripts) and which long tasks (> 50 ms) it ran.
+
+    .venv/bin/python bench/latency.py            # 10 and 100 steps/s, 30 s each
+    .venv/bin/python bench/latency.py --quick    # 2 s each: checks the script works
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import torch
+from common import LoadMeter, ServerProcess, fmt, header, note, percentile, table
+from ingest import FrameMaker
+from playwright.sync_api import sync_playwright
+from websockets.sync.client import connect
+
+from trainvitals import Monitor
+from trainvitals.protocol import Ack, decode
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TARGET_P99_MS = 100.0
+
+# Installed in the page once the chart is drawn: per step, the wall-clock ms at which the loss
+# trace first held it (DOM updated by plotly) and at the following animation frame.
+OBSERVER_JS = """
+() => {
+  const el = document.getElementById('chart-loss');
+  const state = { dom: {}, frame: {}, seen: 0, longTasks: [] };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) state.longTasks.push(e.duration);
+  }).observe({ type: 'longtask' });
+  const now = () => performance.timeOrigin + performance.now();
+  const check = () => {
+    const t = now();
+    const trace = (el.data || []).find((d) => d.meta === 's:loss#0');
+    if (!trace) return;
+    const xs = trace.x;
+    const fresh = [];
+    for (let i = state.seen; i < xs.length; i++) {
+      if (!(xs[i] in state.dom)) { state.dom[xs[i]] = t; fresh.push(xs[i]); }
+    }
+    state.seen = xs.length;
+    if (fresh.length) requestAnimationFrame(() => {
+      const f = now();
+      for (const s of fresh) state.frame[s] = f;
+    });
+  };
+  new MutationObserver(check).observe(el, { subtree: true, childList: true, attributes: true });
+  window.__latency = state;
+}
+"""
+
+# Installed before the page's own scripts: notes when each step first arrives on the live
+# websocket (an extra listener, registered before the app's onmessage, so it runs first).
+SOCKET_JS = """
+(() => {
+  const Native = window.WebSocket;
+  window.__arrived = {};
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (event) => {
+        const t = performance.timeOrigin + performance.now();
+        let msg;
+        try { msg = JSON.parse(event.data); } catch { return; }
+        if (!msg || msg.type !== 'steps') return;
+        const seen = window.__arrived;
+        for (const r of msg.records || []) if (!(r.step in seen)) seen[r.step] = t;
+      });
+    }
+  };
+})();
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", "--smoke", action="store_true")
+    parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 100.0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration = 2.0
+    meter = LoadMeter()
+    rows, extra = [], []
+    with ServerProcess() as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                     headless=True)
+        for rate in args.rates:
+            for kind in (MonitorSource, RawSource):
+                result = measure(server, browser, rate, args.duration, kind)
+                rows.append(result["row"])
+                extra.append(result["note"])
+        browser.close()
+    print(header("Latency: log_step → point in the dashboard chart (bench/latency.py)", meter,
+                 versions={"chromium": _chromium_version()},
+                 extra=[f"{args.duration:g} s per rate; server subprocess, Monitor and Chromium "
+                        "on the same machine; target p99 ≤ 100 ms", *extra]))
+    print(table(["sender", "steps/s", "points", "p50 ms (at page socket)",
+                 "p99 ms (at page socket)", "p50 ms (in chart DOM)", "p99 ms (in chart DOM)",
+                 "max ms", "p50 ms (next frame)", "p99 ms (next frame)",
+                 "page long tasks (total)", "target p99 ≤ 100 ms"], rows))
+    print()
+    return 0
+
+
+class MonitorSource:
+    """Steps logged through the plugin, as a training loop would."""
+
+    label = "Monitor.log_step"
+
+    def __init__(self, server: ServerProcess, run: str) -> None:
+        self._spool = tempfile.TemporaryDirectory(prefix="bench-spool-")
+        self.mon = Monitor(run, server=server.ws_url, token=server.token, spool=self._spool.name)
+
+    def log(self, step: int) -> None:
+        loss = torch.tensor(1.0 + 0.001 * step)
+        parts = {"points": loss * 0.7, "normal": loss * 0.3}
+        used = self.mon.clip_guard(loss, 10.0, parts)
+        self.mon.log_step(step, loss=loss, loss_used=used, components=parts,
+                          grad_norm=torch.tensor(0.5), lr=1e-3)
+
+    def flush(self) -> None:
+        self.mon.flush(30)
+
+    def close(self) -> str:
+        stats = self.mon.close(timeout=30)
+        self._spool.cleanup()
+        return f"{stats.dropped} records dropped"
+
+
+class RawSource:
+    """One pre-encoded step frame per step over a raw websocket: the server and page alone."""
+
+    label = "raw websocket frame (no plugin)"
+
+    def __init__(self, server: ServerProcess, run: str) -> None:
+        self.maker = FrameMaker(run, uuid.uuid4().hex[:16], 0)
+        self.ws = connect(f"{server.ws_url}/ws/ingest", proxy=None, max_size=None,
+                          additional_headers={"Authorization": f"Bearer {server.token}"})
+        self.ws.send(self.maker.start)
+        self.acked = 0
+
+    def log(self, step: int) -> None:
+        self.ws.send(self.maker.frame(step + 1, 1))  # seq = step = step + 1 (0 is run_start)
+        self._drain(0)
+
+    def _drain(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                reply = decode(self.ws.recv(timeout=timeout))
+                if isinstance(reply, Ack):
+                    self.acked = max(self.acked, reply.seq)
+
+    def flush(self) -> None:
+        self._drain(2)
+
+    def close(self) -> str:
+        self.ws.close()
+        return "raw client"
+
+
+def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
+            kind: type[MonitorSource] | type[RawSource]) -> dict[str, Any]:
+    """Stream at ``rate`` steps/s for ``duration`` s with the run open in a page."""
+    run = f"latency-{'raw' if kind is RawSource else 'plugin'}-{rate:g}-{time.strftime('%H%M%S')}"
+    source = kind(server, run)
+    warm = 5
+    for step in range(warm):  # the run must exist before the page can open it
+        source.log(step)
+    source.flush()
+    shift = 1 if kind is RawSource else 0  # the raw frames' step numbers
+    run_id = next(r["id"] for r in server.get("/api/runs")["runs"] if r["name"] == run)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.add_init_script(SOCKET_JS)
+    page.goto(f"{server.http_url}/#run={run_id}")
+    page.wait_for_function(
+        "() => window.trainvitals && window.trainvitals.liveState === 'live' && "
+        f"(window.trainvitals.traceLengths('chart-loss')['s:loss#0'] || 0) >= {warm}",
+        timeout=30_000)
+    page.evaluate(OBSERVER_JS)
+    offset_ms, rtt_ms = _clock_offset(page)
+    sent: dict[int, float] = {}
+    start = time.perf_counter()
+    n = int(duration * rate)
+    for i in range(n):
+        due = start + i / rate
+        while (left := due - time.perf_counter()) > 0:
+            time.sleep(left)
+        step = warm + i
+        sent[step + shift] = time.time()
+        source.log(step)
+    last = warm + n - 1 + shift
+    page.wait_for_function(f"() => '{last}' in window.__latency.frame", timeout=60_000)
+    arrived = page.evaluate("() => window.__latency")
+    socket = page.evaluate("() => window.__arrived")
+    page.close()
+    said = source.close()
+    dom = [float(arrived["dom"][str(s)]) - 1e3 * t for s, t in sent.items()]
+    frame = [float(arrived["frame"][str(s)]) - 1e3 * t for s, t in sent.items()]
+    wire = [float(socket[str(s)]) - 1e3 * t for s, t in sent.items()]
+    long_tasks = [float(x) for x in arrived["longTasks"]]
+    p99 = percentile(dom, 99)
+    note(f"{kind.label}, {rate:g} steps/s: p50 {percentile(dom, 50):.1f} ms, p99 {p99:.1f} ms")
+    return {
+        "row": [kind.label, f"{rate:g}", len(dom), fmt(percentile(wire, 50), 1),
+                fmt(percentile(wire, 99), 1), fmt(percentile(dom, 50), 1), fmt(p99, 1),
+                fmt(max(dom), 1), fmt(percentile(frame, 50), 1), fmt(percentile(frame, 99), 1),
+                f"{len(long_tasks)} ({fmt(sum(long_tasks), 0)} ms)",
+                ("met" if p99 <= TARGET_P99_MS else "MISSED") if kind is MonitorSource else "—"],
+        "note": (f"{kind.label}, {rate:g} steps/s: page clock − Python clock = "
+                 f"{offset_ms:+.2f} ms (±{rtt_ms / 2:.2f} ms, not applied); {said}"),
+    }
+
+
+def _clock_offset(page: Any) -> tuple[float, float]:
+    """The page's wall clock minus Python's, from the round trip with the smallest delay."""
+    best = (0.0, float("inf"))
+    for _ in range(20):
+        t0 = time.time()
+        t_page = page.evaluate("() => performance.timeOrigin + performance.now()")
+        t1 = time.time()
+        rtt = 1e3 * (t1 - t0)
+        if rtt < best[1]:
+            best = (float(t_page) - 1e3 * (t0 + t1) / 2, rtt)
+    return best
+
+
+def _chromium_version() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().removeprefix("Chromium ").strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

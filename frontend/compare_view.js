@@ -1,0 +1,209 @@
+// Two or more runs overlaid on the same charts, aligned by step (`#compare=<id>,<id>,...`).
+//
+// One colour per run; the series of one run are told apart by dash (raw loss solid, loss used
+// dotted, ...). Loss, gradient norm, and each watched tensor's max (the value that overflows
+// exp) are compared. Live updates of every compared run are appended as they come; long runs
+// are thinned by the server (M4) for the charts' width, and zooming re-fetches, as on a run.
+
+import { h, replaceChildren } from './dom.js';
+import { displayStatus, formatStep } from './format.js';
+import { ChartGroup } from './linked.js';
+import { GRAD_CHART, LOSS_CHART, idPart, tensorOf } from './vitals.js';
+
+const RUN_COLORS = ['#2563eb', '#dc2626', '#059669', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d'];
+const DASH = { loss: 'solid', loss_used: 'dot', grad_norm: 'solid', grad_norm_post: 'dot' };
+
+/** Which series a compare chart shows, and its spec. */
+function compareSpecs(tensors) {
+  return [
+    { ...LOSS_CHART, note: 'Solid: raw loss; dotted: backpropagated loss. One colour per run.',
+      accepts: (n) => n === 'loss' || n === 'loss_used' },
+    { ...GRAD_CHART, note: 'Solid: before clipping; dotted: after. One colour per run.' },
+    ...tensors.map((tensor) => ({
+      id: `chart-tensor-${idPart(tensor)}`, tensor, title: `Tensor ${tensor}: max`,
+      note: 'Largest finite element, per run.', logY: false, yTitle: 'max',
+      accepts: (n) => n === `tensor/${tensor}/max`,
+    })),
+  ];
+}
+
+export class CompareView {
+  /**
+   * @param {HTMLElement} root the #run-view section
+   * @param {import('./api.js').Api} api
+   * @param {number[]} runIds
+   * @param {object} hooks follow(names) → Promise<generation>; onError(message)
+   */
+  constructor(root, api, runIds, { follow, onError }) {
+    this.root = root;
+    this.api = api;
+    this.runIds = runIds;
+    this.hooks = { follow, onError };
+    this.runs = []; // run rows, in runIds order
+    this.generation = null;
+    this.loading = false;
+    this.loadToken = 0;
+    this.buffer = [];
+    this.destroyed = false;
+    this.pointsReceived = 0;
+    this.refetches = 0;
+    this.thinned = false;
+    this.specs = [];
+    this.build();
+  }
+
+  get key() {
+    return `compare:${this.runIds.join(',')}`;
+  }
+
+  follows(name) {
+    return this.runs.some((r) => r.name === name);
+  }
+
+  build() {
+    this.titleEl = h('h2', { class: 'run-name' }, 'Compare runs');
+    this.legendEl = h('ul', { class: 'compare-legend' });
+    this.chartsEl = h('div', { class: 'charts' });
+    this.group = new ChartGroup(this.chartsEl, { onRange: (range) => this.refetch(range) });
+    replaceChildren(this.root,
+      h('div', { class: 'run-header' }, this.titleEl, this.legendEl),
+      h('div', { class: 'compare-body' }, this.chartsEl));
+    this.root.dataset.runId = this.runIds.join(',');
+    this.root.dataset.state = 'loading';
+  }
+
+  showRun(run) {
+    const i = this.runs.findIndex((r) => r.id === run?.id);
+    if (i < 0) return;
+    this.runs[i] = { ...this.runs[i], ...run };
+    this.renderLegend();
+  }
+
+  renderLegend() {
+    replaceChildren(this.legendEl, this.runs.map((r, i) => h('li', { dataset: { runId: r.id } },
+      h('span', { class: 'swatch', style: `background:${RUN_COLORS[i % RUN_COLORS.length]}` }),
+      h('a', { href: `#run=${r.id}`, title: r.name }, r.name), ' ',
+      h('span', { class: `status status-${displayStatus(r)}` }, displayStatus(r)),
+      h('span', { class: 'muted' }, ` step ${formatStep(r.last_step)}`))));
+  }
+
+  async load() {
+    const token = ++this.loadToken;
+    this.loading = true;
+    this.buffer = [];
+    this.root.dataset.state = 'loading';
+    try {
+      const details = await Promise.all(this.runIds.map((id) => this.api.run(id)));
+      if (this.stale(token)) return;
+      this.runs = details.map((d) => d.run);
+      this.titleEl.textContent = `Compare: ${this.runs.map((r) => r.name).join(' vs ')}`;
+      this.renderLegend();
+      this.generation = await this.hooks.follow(this.runs.map((r) => r.name));
+      if (this.stale(token)) return;
+      const tensors = [...new Set(details.flatMap((d) => d.series.map((s) => tensorOf(s.name)))
+        .filter((t) => t?.stat === 'max').map((t) => t.tensor))].sort();
+      this.specs = compareSpecs(tensors);
+      for (const spec of this.specs) this.group.ensure(spec);
+      this.names = details.map((d) => [...new Set(d.series.map((s) => s.name))]
+        .filter((n) => this.specs.some((spec) => spec.accepts(n))));
+      await this.fetchAndDraw(token, {});
+      if (this.stale(token)) return;
+      this.thinned = this.lastThinned;
+      this.root.dataset.state = 'ready';
+    } catch (err) {
+      if (this.stale(token)) return;
+      this.loading = false;
+      this.root.dataset.state = 'error';
+      this.hooks.onError(`Could not load runs ${this.runIds.join(', ')}: ${err.message ?? err}`);
+    }
+  }
+
+  async fetchAndDraw(token, span) {
+    const buckets = this.group.width();
+    const all = await Promise.all(this.runs.map((r, i) =>
+      this.api.series(r.id, this.names[i], { buckets, ...span })));
+    if (this.stale(token)) return;
+    this.lastThinned = all.flat().some((s) => s.downsampled);
+    for (const { chart } of this.group.entries()) chart.reset();
+    all.forEach((series, i) => {
+      for (const s of series) {
+        for (let j = 0; j < s.steps.length; j += 1) this.addValue(i, s.name, s.rank, s.steps[j], s.values[j]);
+      }
+    });
+    for (const { chart } of this.group.entries()) chart.draw();
+    this.loading = false;
+    const buffered = this.buffer;
+    this.buffer = [];
+    for (const item of buffered) this.apply(item.name, item.record);
+  }
+
+  async refetch(range) {
+    if (!this.thinned || this.destroyed || this.root.dataset.state !== 'ready') return;
+    const token = ++this.loadToken;
+    this.loading = true;
+    this.buffer = [];
+    try {
+      await this.fetchAndDraw(token, range ? { start: Math.floor(range[0]), end: Math.ceil(range[1]) } : {});
+      if (!this.stale(token)) this.refetches += 1;
+    } catch (err) {
+      if (this.stale(token)) return;
+      this.loading = false;
+      this.hooks.onError(`Could not load the zoomed steps: ${err.message ?? err}`);
+    }
+  }
+
+  stale(token) {
+    return this.destroyed || token !== this.loadToken;
+  }
+
+  addValue(runIndex, name, rank, step, value) {
+    const spec = this.specs.find((s) => s.accepts(name));
+    if (!spec) return;
+    const run = this.runs[runIndex];
+    const color = RUN_COLORS[runIndex % RUN_COLORS.length];
+    const rankPart = rank ? ` [rank ${rank}]` : '';
+    const series = tensorOf(name) ? 'max' : name;
+    const make = () => ({
+      type: 'scatter', mode: 'lines', connectgaps: false,
+      line: { color, width: 2, dash: DASH[name] ?? 'solid' },
+      hovertemplate: 'step %{x}<br>%{y:.5~g}%{text}',
+    });
+    this.group.get(spec.id).chart.addPoint(`s:${run.id}:${name}#${rank}`, `${run.name} · ${series}${rankPart}`,
+      make, step, value);
+  }
+
+  onSteps(name, records) {
+    for (const record of records) {
+      if (this.loading) this.buffer.push({ name, record });
+      else this.apply(name, record);
+    }
+  }
+
+  onAlert() { /* alerts show on each run's own page and in the toasts */ }
+
+  apply(name, { rank, step, values }) {
+    const i = this.runs.findIndex((r) => r.name === name);
+    if (i < 0) return;
+    for (const [series, value] of Object.entries(values)) this.addValue(i, series, rank, step, value);
+    this.pointsReceived += 1;
+    if (step > (this.runs[i].last_step ?? -Infinity)) this.showRun({ id: this.runs[i].id, last_step: step });
+    for (const { chart } of this.group.entries()) chart.schedule();
+  }
+
+  traceLengths(id) {
+    return this.group.traceLengths(id);
+  }
+
+  draws(id) {
+    return this.group.draws(id);
+  }
+
+  settled() {
+    return this.group.settled();
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.group.destroy();
+  }
+}

@@ -1,0 +1,232 @@
+"""M4 downsampling: the Python reference, the SQL in the store (held to the reference), the
+REST parameter, and a spike among a million steps that reservoir sampling loses and M4 keeps."""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trainvitals.protocol import Step
+from trainvitals.server import ServerThread, SQLiteStore, Store
+from trainvitals.server.downsample import MAX_BUCKETS, bucket_of, bucket_range, m4
+
+NAN, INF = math.nan, math.inf
+SPIKE_STEP, SPIKE = 777_777, 1.0e6
+MILLION = 1_000_000
+
+
+def same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y))
+                                    for x, y in zip(a, b, strict=True))
+
+
+def write_series(store: Store, run: str, values: list[float], steps: list[int] | None = None,
+                 name: str = "loss") -> int:
+    """Real ``Step`` records through ``Store.write``; returns the run id."""
+    steps = list(range(len(values))) if steps is None else steps
+    store.write([Step(run=run, session="s", seq=i, step=s, time=1.0 + i,
+                      **({"loss": v} if name == "loss" else {"scalars": {name: v}}))
+                 for i, (s, v) in enumerate(zip(steps, values, strict=True))])
+    run_id = next(r.id for r in store.runs() if r.name == run)
+    return run_id
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def test_buckets_partition_the_range_exactly() -> None:
+    for start, end, buckets in [(0, 99, 10), (5, 17, 4), (-30, 1000, 7), (0, 2, 5), (3, 3, 1)]:
+        seen: list[int] = []
+        for i in range(buckets):
+            lo, hi = bucket_range(i, start, end, buckets)
+            seen.extend(range(lo, hi + 1))
+            assert all(bucket_of(s, start, end, buckets) == i for s in range(lo, hi + 1))
+        assert seen == list(range(start, end + 1))
+
+
+def test_m4_keeps_first_last_min_max_of_each_column() -> None:
+    values = [5.0, 9.0, 1.0, 4.0, 3.0, 2.0, 8.0, 8.0, 0.5, 6.0]
+    steps, kept = m4(range(10), values, start=0, end=9, buckets=2)
+    # bucket 0 = steps 0-4: first 0, last 4, min at 2, max at 1; bucket 1 = steps 5-9:
+    # first 5, last 9, min at 8, max 8.0 first reached at 6 (ties go to the earliest step).
+    assert steps == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert kept == [values[s] for s in steps]
+
+
+def test_m4_keeps_each_kind_of_non_finite_value_and_the_finite_extremes_beside_them() -> None:
+    values = [1.0, NAN, 7.0, INF, -INF, NAN, 2.0, -3.0, INF, 0.0]
+    steps, kept = m4(range(10), values, start=0, end=9, buckets=1)
+    # first NaN (1), first +Inf (3), first -Inf (4); finite max 7.0 (2), finite min -3.0 (7)
+    assert steps == [0, 1, 2, 3, 4, 7, 9]
+    assert same(kept, [1.0, NAN, 7.0, INF, -INF, -3.0, 0.0])
+
+
+def test_m4_of_unsorted_input_and_a_sub_range() -> None:
+    steps, kept = m4([9, 3, 5, 1, 7], [9.0, 3.0, 50.0, 1.0, 7.0], start=3, end=7, buckets=1)
+    assert (steps, kept) == ([3, 5, 7], [3.0, 50.0, 7.0])  # first and min, max, last
+
+
+# --------------------------------------------------------------------------- SQL == reference
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "m4.sqlite3")
+    store.open()
+    yield store
+    store.close()
+
+
+def test_store_m4_equals_the_reference_on_noisy_data_with_nan_and_inf(
+        sqlite_store: SQLiteStore) -> None:
+    rng = random.Random(7)
+    steps = sorted(rng.sample(range(0, 20_000), 3000))  # sparse, irregular steps
+    values = [rng.choice([NAN, INF, -INF]) if rng.random() < 0.02 else rng.gauss(0, 1) * 10
+              for _ in steps]
+    run_id = write_series(sqlite_store, "noisy", values, steps)
+    for start, end, buckets in [(None, None, 100), (None, None, 7), (1000, 5000, 64),
+                                (steps[10], steps[10], 3), (None, None, 5000)]:
+        (got,) = sqlite_store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
+        inside = [(s, v) for s, v in zip(steps, values, strict=True)
+                  if (start is None or s >= start) and (end is None or s <= end)]
+        lo, hi = inside[0][0], inside[-1][0]  # buckets divide the steps the range holds
+        want_steps, want_values = m4([s for s, _ in inside], [v for _, v in inside],
+                                     start=lo, end=hi, buckets=min(buckets, hi - lo + 1))
+        assert got.steps == want_steps, (start, end, buckets)
+        assert same(got.values, want_values)
+    assert sqlite_store.series_m4(run_id, "loss", start=30_000, buckets=10)[0].steps == []
+    assert sqlite_store.series_m4(run_id, "missing", buckets=10) == []
+
+
+_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                    st.sampled_from([0.0, -0.0, 1.0, 1.0, NAN, INF, -INF]))
+_counter = iter(range(10**9))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(_values, min_size=1, max_size=60), buckets=st.integers(1, 20),
+       stride=st.integers(1, 5))
+def test_store_m4_equals_the_reference_for_any_values(
+        sqlite_store: SQLiteStore, values: list[float], buckets: int, stride: int) -> None:
+    steps = [i * stride for i in range(len(values))]
+    run_id = write_series(sqlite_store, f"prop-{next(_counter)}", values, steps)
+    (got,) = sqlite_store.series_m4(run_id, "loss", buckets=buckets)
+    want_steps, want_values = m4(steps, values, start=0, end=steps[-1],
+                                 buckets=min(buckets, steps[-1] + 1))
+    assert got.steps == want_steps
+    assert same(got.values, want_values)
+
+
+# --------------------------------------------------------------------------- a million steps
+
+
+def reservoir(items: Iterator[tuple[int, float]], size: int,
+              rng: random.Random) -> list[tuple[int, float]]:
+    """TensorBoard's ``_ReservoirBucket.AddItem``: uniform reservoir, always keeps the latest."""
+    kept: list[tuple[int, float]] = []
+    for seen, item in enumerate(items):  # seen: items before this one
+        if len(kept) < size:
+            kept.append(item)
+        else:
+            r = rng.randint(0, seen)
+            if r < size:
+                kept.pop(r)
+                kept.append(item)
+            else:
+                kept[-1] = item
+    return kept
+
+
+def spiky(step: int) -> float:
+    """A noisy, slowly falling loss with one spike."""
+    return SPIKE if step == SPIKE_STEP else 2.0 + math.sin(step / 5000) + (step * 7919 % 101) / 1000
+
+
+@pytest.fixture(scope="module")
+def million(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """A real SQLite store holding one run with 1,000,000 loss points (bulk-inserted)."""
+    path = tmp_path_factory.mktemp("million") / "trainvitals.sqlite3"
+    store = SQLiteStore(path)
+    store.open()
+    run_id = write_series(store, "long", [spiky(0)])  # creates run, stream and series
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        (series_id,) = conn.execute("SELECT id FROM series WHERE name='loss'").fetchone()
+        conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?)",
+                         ((series_id, s, spiky(s)) for s in range(MILLION)))
+        conn.execute("UPDATE runs SET last_step=? WHERE id=?", (MILLION - 1, run_id))
+    yield path, run_id
+
+
+@pytest.mark.slow
+def test_one_spike_in_a_million_steps_survives_m4_but_not_a_reservoir(
+        million: tuple[Path, int]) -> None:
+    path, run_id = million
+    sample = reservoir(((s, spiky(s)) for s in range(MILLION)), 1000, random.Random(0))
+    assert len(sample) == 1000
+    assert max(v for _, v in sample) < 10, "the seeded reservoir happens to keep the spike"
+    assert SPIKE_STEP not in {s for s, _ in sample}
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        (thin,) = store.series_m4(run_id, "loss", buckets=1000)
+    finally:
+        store.close()
+    assert len(thin.steps) <= 4 * 1000
+    assert thin.values[thin.steps.index(SPIKE_STEP)] == SPIKE
+    assert thin.steps[0] == 0 and thin.steps[-1] == MILLION - 1
+
+
+@pytest.mark.slow
+def test_rest_thins_a_long_range_and_returns_a_short_one_whole(
+        million: tuple[Path, int]) -> None:
+    path, run_id = million
+    with ServerThread(_settings(path)) as srv:
+        url = f"{srv.http_url}/api/runs/{run_id}/series"
+        full = httpx.get(url, params={"name": "loss", "buckets": 800}, timeout=60).json()
+        (s,) = full["series"]
+        assert s["downsampled"] is True and len(s["steps"]) <= 3200
+        assert s["values"][s["steps"].index(SPIKE_STEP)] == SPIKE
+        near = httpx.get(url, params={"name": "loss", "buckets": 800, "start": SPIKE_STEP - 100,
+                                      "end": SPIKE_STEP + 100}, timeout=60).json()
+        (z,) = near["series"]
+        assert z["downsampled"] is False
+        assert z["steps"] == list(range(SPIKE_STEP - 100, SPIKE_STEP + 101))
+        assert z["values"][100] == SPIKE
+
+
+def _settings(path: Path) -> Any:
+    from trainvitals.server import Settings
+
+    return Settings(port=0, data_dir=path.parent, ingest_token="x" * 16, log_alerts=False)
+
+
+def test_rest_buckets_parameter(start_server: Any) -> None:
+    srv: ServerThread = start_server()
+    store = SQLiteStore(srv.settings.db_path)  # a second writer is fine for SQLite in WAL mode
+    store.open()
+    run_id = write_series(store, "short", [1.0, NAN, 3.0, INF, 5.0, 6.0, 7.0, 8.0, 9.0])
+    store.close()
+    url = f"{srv.http_url}/api/runs/{run_id}/series"
+    whole = httpx.get(url, params={"name": "loss", "buckets": 3}).json()["series"][0]
+    assert whole["downsampled"] is False and len(whole["steps"]) == 9  # 9 <= 4 * 3
+    thin = httpx.get(url, params={"name": "loss", "buckets": 2}).json()["series"][0]
+    assert thin["downsampled"] is True
+    assert thin["steps"] == [0, 1, 3, 4, 5, 8]  # NaN (1) and +Inf (3) kept
+    assert thin["values"] == [1.0, "NaN", "Infinity", 5.0, 6.0, 9.0]
+    for bad in (0, MAX_BUCKETS + 1):
+        assert httpx.get(url, params={"name": "loss", "buckets": bad}).status_code == 422
+    plain = httpx.get(url, params={"name": "loss"}).json()["series"][0]
+    assert "downsampled" not in plain  # the shape without buckets is unchanged

@@ -1,0 +1,182 @@
+"""The spool on real files: numbering without gaps, bounds, segments, acks, reopening, locks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, decode
+from trainvitals.trainer_plugin.spool import (
+    Spool,
+    SpoolRefused,
+    in_use,
+    spool_files,
+    stream_stem,
+)
+
+STEM = stream_stem("run/with odd name", 0, "abcdef0123456789")
+
+
+def step(n: int, **kw: object) -> Step:
+    return Step(run="run/with odd name", session="abcdef0123456789", seq=999, step=n,
+                loss=float(n), **kw)  # type: ignore[arg-type]
+
+
+def start() -> RunStart:
+    return RunStart(run="run/with odd name", session="abcdef0123456789", seq=999)
+
+
+def make(directory: Path | None, **kw: int) -> Spool:
+    kw.setdefault("max_bytes", 1 << 20)
+    kw.setdefault("max_record_bytes", 1 << 20)
+    return Spool(directory, STEM, **kw)
+
+
+def seqs(lines: list[str]) -> list[int]:
+    out = []
+    for line in lines:
+        record = decode(line)
+        assert isinstance(record, (RunStart, Step, RunEnd))
+        out.append(record.seq)
+    return out
+
+
+def test_the_spool_numbers_records_as_it_keeps_them(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    kept = [spool.append(start(), essential=True)] + [spool.append(step(i)) for i in range(3)]
+    assert [r.seq for r in kept] == [0, 1, 2, 3]  # whatever seq the caller had put there
+    assert (spool.next_seq, spool.acked, spool.pending) == (4, -1, 4)
+    (path,) = spool.files()
+    assert path.name == "run-with-odd-name.r0.abcdef0123456789.000000000000.jsonl"
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2, 3]
+    assert decode(lines[2]) == kept[2]  # each line is a frame the server reads as it is
+    spool.close()
+
+
+def test_refused_records_take_no_number_so_the_stream_has_no_gaps(tmp_path: Path) -> None:
+    spool = make(tmp_path, max_bytes=600, max_record_bytes=400)
+    spool.append(start(), essential=True)
+    with pytest.raises(SpoolRefused, match="larger than a frame may be"):
+        spool.append(step(0, scalars={f"s{i}": 1.0 for i in range(40)}))
+    with pytest.raises(SpoolRefused, match=r"would refuse: .*'time' must be a finite"):
+        spool.append(Step(run="r", session="s", seq=0, step=0, time=math.inf))
+    spool.append(step(1))
+    with pytest.raises(SpoolRefused, match=r"spool full \(600 bytes\)"):
+        for i in range(2, 100):
+            spool.append(step(i))
+    end = spool.append(RunEnd(run="run/with odd name", session="abcdef0123456789", seq=0),
+                       essential=True)  # always fits: the run must be able to end
+    lines = spool.read(0, 1000, 1 << 20)
+    assert seqs(lines) == list(range(spool.next_seq))
+    assert end.seq == spool.next_seq - 1
+    assert spool.size > 600
+    spool.close()
+
+
+@pytest.mark.parametrize("where", ["files", "memory"])
+def test_read_across_segments_acks_delete_them_and_close_cleans_up(tmp_path: Path,
+                                                                   where: str) -> None:
+    directory = tmp_path if where == "files" else None
+    spool = make(directory, segment_bytes=300)
+    for i in range(20):
+        spool.append(step(i))
+    if directory is not None:
+        assert len(spool.files()) > 3
+    assert seqs(spool.read(0, 5, 1 << 20)) == [0, 1, 2, 3, 4]
+    assert seqs(spool.read(5, 100, 1 << 20)) == list(range(5, 20))  # on from where it stopped
+    assert seqs(spool.read(17, 100, 1 << 20)) == [17, 18, 19]  # anywhere, any time
+    assert seqs(spool.read(3, 100, 1)) == [3]  # over the byte budget: still one
+    size = len(spool.read(0, 1, 1 << 20)[0].encode()) + 1
+    assert seqs(spool.read(0, 100, 3 * size)) == [0, 1, 2]
+    assert spool.read(20, 100, 1 << 20) == []
+
+    spool.ack(11)
+    assert (spool.acked, spool.pending) == (11, 8)
+    assert seqs(spool.read(0, 100, 1 << 20))[0] <= 12  # the segment holding 12 remains
+    if directory is not None:
+        names = sorted(p.name for p in directory.glob("*.jsonl"))
+        firsts = [int(n.split(".")[-2]) for n in names]
+        assert firsts[0] <= 12 and all(f > 0 for f in firsts)
+    spool.ack(5)  # an old ack changes nothing
+    assert spool.acked == 11
+
+    kept = spool.close()  # 8 still pending: their files stay for `trainvitals sync`
+    if directory is None:
+        assert kept == []
+    else:
+        lines = [line for path in kept for line in path.read_text().splitlines()]
+        assert set(range(12, 20)) <= set(seqs(lines)) <= set(range(20))
+
+
+def test_everything_acknowledged_leaves_no_file_behind(tmp_path: Path) -> None:
+    spool = make(tmp_path, segment_bytes=200)
+    for i in range(10):
+        spool.append(step(i))
+    spool.ack(9)
+    spool.append(step(10))
+    spool.ack(10)
+    assert spool.close() == []
+    assert list(tmp_path.iterdir()) == []  # no segment, no lock file
+
+
+def test_reopen_continues_after_the_acknowledged_part(tmp_path: Path) -> None:
+    spool = make(tmp_path, segment_bytes=250)
+    records: list[Record] = [spool.append(start(), essential=True)]
+    records += [spool.append(step(i)) for i in range(12)]
+    spool.ack(6)
+    kept = spool.close()
+    assert kept and all(p.exists() for p in kept)
+
+    (group,) = spool_files(tmp_path).values()
+    again = Spool.reopen(group)
+    assert again.acked + 1 == int(group[0].name.split(".")[-2]) <= 7
+    assert (again.next_seq, again.pending) == (13, 12 - again.acked)
+    lines = again.read(again.acked + 1, 1000, 1 << 20)
+    assert [decode(line) for line in lines] == records[again.acked + 1:]
+    again.ack(12)
+    assert again.close() == []
+    assert list(tmp_path.glob("*.jsonl")) == []
+
+
+def test_a_line_cut_by_a_killed_process_is_left_out(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    for i in range(3):
+        spool.append(step(i))
+    (path,) = spool.files()
+    spool.close()
+    with path.open("a") as f:
+        f.write('{"v":1,"type":"step","run":"run/with odd name","ses')  # no newline
+    again = Spool.reopen([path])
+    assert (again.next_seq, again.pending) == (3, 3)
+    assert seqs(again.read(0, 100, 1 << 20)) == [0, 1, 2]
+    again.close()
+
+
+def test_a_live_spool_is_locked_and_sync_can_tell(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    spool.append(step(0))
+    assert in_use(tmp_path, STEM)
+    spool.close()
+    assert not in_use(tmp_path, STEM)
+    assert not in_use(tmp_path, "no-such-stream")
+
+
+def test_spool_files_groups_streams_and_ignores_other_files(tmp_path: Path) -> None:
+    a = Spool(tmp_path, stream_stem("a", 0, "s1"), max_bytes=1 << 20, max_record_bytes=1 << 20,
+              segment_bytes=100)
+    b = Spool(tmp_path, stream_stem("b", 1, "s2"), max_bytes=1 << 20, max_record_bytes=1 << 20)
+    for i in range(5):
+        a.append(Step(run="a", session="s1", seq=0, step=i))
+    b.append(Step(run="b", session="s2", rank=1, seq=0, step=0))
+    (tmp_path / "notes.txt").write_text("not a spool")
+    a.close()
+    b.close()
+    groups = spool_files(tmp_path)
+    assert sorted(groups) == ["a.r0.s1", "b.r1.s2"]
+    assert len(groups["a.r0.s1"]) == len(a.files()) > 1
+    assert groups["a.r0.s1"] == sorted(groups["a.r0.s1"])
+    assert spool_files(groups["b.r1.s2"][0]) == {"b.r1.s2": groups["b.r1.s2"]}

@@ -1,0 +1,281 @@
+"""The spool: one stream's records, numbered and kept until the server acknowledges them.
+
+Every record goes through the spool, whether the server is up, slow, down or absent: the spool
+gives it its ``seq`` (so a record that is refused never takes a number, and a stream has no
+gaps), validates it with the protocol decoder, and appends it as one JSON line to a segment file
+``<run>.r<rank>.<session>.<first seq>.jsonl``. The sender reads from the spool and resends from
+the last acknowledged record after a reconnect; segments are deleted once acknowledged. What is
+left when the process ends is what ``trainvitals sync`` uploads.
+
+Bounded: a record that would push the files past ``max_bytes`` is refused (run start and end
+records, which are small, always fit). With ``directory=None`` the segments live in memory.
+Thread-safe: the collector thread appends while the sender thread reads and acknowledges.
+While a process writes a stream it holds a lock on ``<stem>.lock`` (released by the OS if the
+process dies), so that ``trainvitals sync`` leaves a live spool alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from trainvitals.protocol import ProtocolError, Record, decode, encode
+from trainvitals.protocol.transport import BATCH_OVERHEAD_BYTES
+
+__all__ = ["Spool", "SpoolRefused", "in_use", "spool_files", "stream_stem"]
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, sync must not run beside a live process
+    fcntl = None  # type: ignore[assignment]
+
+SUFFIX = ".jsonl"
+_NAME = re.compile(r"^(?P<stem>.+)\.(?P<first>\d{12})\.jsonl$")
+
+
+class SpoolRefused(Exception):
+    """A record the spool did not take (it has no ``seq``); ``str()`` says why."""
+
+
+@dataclasses.dataclass
+class _Segment:
+    """Consecutive records ``first``, ``first + 1``, … in one file (or list, in memory)."""
+
+    first: int
+    count: int = 0
+    size: int = 0
+    path: Path | None = None
+    lines: list[str] | None = None
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+
+class Spool:
+    """One stream's unacknowledged records; see the module docstring."""
+
+    def __init__(self, directory: Path | None, stem: str, *, max_bytes: int,
+                 max_record_bytes: int, segment_bytes: int = 4 << 20) -> None:
+        self.directory, self.stem = directory, stem
+        self.max_bytes, self.max_record_bytes = max_bytes, max_record_bytes
+        self._segment_bytes = max(1, min(segment_bytes, max_bytes // 4))
+        self._segments: list[_Segment] = []
+        self._writing: _Segment | None = None
+        self._handle: TextIO | None = None  # the open file of ``_writing`` (file mode)
+        # (seq, file, byte offset) where the last read stopped
+        self._cursor: tuple[int, Path | None, int] = (-1, None, 0)
+        self._lock = threading.Lock()
+        self.next_seq = 0
+        self.acked = -1
+        self.closed = False
+        self._lock_handle: TextIO | None = None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock_handle = _hold_lock(directory / f"{stem}.lock")
+
+    @classmethod
+    def reopen(cls, files: list[Path]) -> Spool:
+        """A spool over the segment files one process left behind (``trainvitals sync``).
+
+        Everything before the first file was acknowledged: that is why it was deleted.
+        """
+        names = [(_NAME.match(f.name), f) for f in sorted(files)]
+        parts = [(m.group("stem"), int(m.group("first")), f) for m, f in names if m is not None]
+        spool = cls(files[0].parent, parts[0][0], max_bytes=1 << 62, max_record_bytes=1 << 62)
+        for _, first, path in parts:
+            data = path.read_bytes()
+            spool._segments.append(_Segment(first, data.count(b"\n"), len(data), path))
+        spool.acked = spool._segments[0].first - 1
+        spool.next_seq = spool._segments[-1].last + 1
+        return spool
+
+    # ------------------------------------------------------------ collector side
+
+    def append(self, record: Record, *, essential: bool = False) -> Record:
+        """Number, validate and keep ``record``; the numbered record, or ``SpoolRefused``."""
+        with self._lock:
+            if self.closed:
+                raise SpoolRefused("the monitor was closed")
+            numbered = dataclasses.replace(record, seq=self.next_seq)
+            line = encode(numbered)
+            size = len(line.encode("utf-8", "surrogatepass")) + 1
+            if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
+                raise SpoolRefused(f"record of {size} bytes is larger than a frame may be "
+                                   f"({self.max_record_bytes} bytes)")
+            try:
+                decode(line)
+            except ProtocolError as exc:  # the server would refuse it: keep the stream clean
+                raise SpoolRefused(f"record the server would refuse: {exc}") from None
+            if not essential and self.size + size > self.max_bytes:
+                raise SpoolRefused(f"spool full ({self.max_bytes} bytes)")
+            self._write(line, size)
+            self.next_seq += 1
+            return numbered
+
+    def _write(self, line: str, size: int) -> None:
+        seg = self._writing
+        if seg is None or seg.size >= self._segment_bytes:
+            self._close_handle()
+            seg = _Segment(self.next_seq)
+            if self.directory is None:
+                seg.lines = []
+            else:
+                seg.path = self.directory / f"{self.stem}.{seg.first:012d}{SUFFIX}"
+                self._handle = seg.path.open("a", encoding="utf-8", newline="\n")
+            self._segments.append(seg)
+            self._writing = seg
+        if seg.lines is not None:
+            seg.lines.append(line)
+        elif self._handle is not None:
+            self._handle.write(line + "\n")
+            self._handle.flush()  # survives a killed process (not a power loss: no fsync)
+        seg.count += 1
+        seg.size += size
+
+    # ------------------------------------------------------------ sender side
+
+    def read(self, first: int, max_records: int, max_bytes: int) -> list[str]:
+        """Records from ``first`` on (or the oldest kept), at most ``max_records`` and, except
+        for the first one, ``max_bytes`` in all."""
+        out: list[str] = []
+        total = 0
+        with self._lock:
+            for seg in self._segments:
+                if seg.last < first:
+                    continue
+                for line in self._lines(seg, max(first, seg.first)):
+                    total += len(line.encode("utf-8", "surrogatepass")) + 1
+                    if out and (total > max_bytes or len(out) >= max_records):
+                        return out
+                    out.append(line)
+        return out
+
+    def _lines(self, seg: _Segment, start: int) -> Iterator[str]:
+        """The lines of ``seg`` from seq ``start`` on. Reading on where the previous read
+        stopped seeks there instead of skipping lines (the usual case)."""
+        if seg.lines is not None:
+            yield from seg.lines[start - seg.first:]
+            return
+        assert seg.path is not None
+        with seg.path.open("rb") as f:
+            if self._cursor[:2] == (start, seg.path):
+                f.seek(self._cursor[2])
+            else:
+                for _ in range(start - seg.first):
+                    f.readline()
+            seq = start
+            while True:
+                self._cursor = (seq, seg.path, f.tell())
+                raw = f.readline()
+                if not raw.endswith(b"\n"):  # end of file (or a line cut by a killed writer)
+                    return
+                yield raw[:-1].decode("utf-8", "surrogatepass")
+                seq += 1
+
+    def ack(self, seq: int) -> None:
+        """The server has every record up to ``seq``: forget those, delete their segments."""
+        with self._lock:
+            if seq <= self.acked:
+                return
+            self.acked = min(seq, self.next_seq - 1)
+            while self._segments and self._segments[0].last <= self.acked:
+                self._drop(self._segments.pop(0))
+
+    def _drop(self, seg: _Segment) -> None:
+        if seg is self._writing:
+            self._close_handle()
+            self._writing = None
+        if seg.path is not None:
+            seg.path.unlink(missing_ok=True)
+        self._cursor = (-1, None, 0)
+
+    # ------------------------------------------------------------ both
+
+    @property
+    def pending(self) -> int:
+        """Records kept and not yet acknowledged."""
+        return self.next_seq - 1 - self.acked
+
+    @property
+    def size(self) -> int:
+        """Bytes the kept segments take."""
+        return sum(s.size for s in self._segments)
+
+    def files(self) -> list[Path]:
+        """The segment files on disk (none in memory mode)."""
+        with self._lock:
+            return [s.path for s in self._segments if s.path is not None]
+
+    def close(self) -> list[Path]:
+        """Stop writing; delete the files if everything was acknowledged. The files kept."""
+        with self._lock:
+            self.closed = True
+            self._close_handle()
+            self._writing = None
+            if self.pending == 0:
+                for seg in self._segments:
+                    self._drop(seg)
+                self._segments.clear()
+            lock, self._lock_handle = self._lock_handle, None
+            if lock is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock.name)
+                lock.close()  # releases the lock
+            return [s.path for s in self._segments if s.path is not None]
+
+    def _close_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+def spool_files(path: Path) -> dict[str, list[Path]]:
+    """Segment files under ``path`` (a file or a directory), grouped by stream, in order."""
+    candidates = [path] if path.is_file() else sorted(path.glob(f"*{SUFFIX}"))
+    streams: dict[str, list[Path]] = {}
+    for file in candidates:
+        match = _NAME.match(file.name)
+        if match is not None:
+            streams.setdefault(match.group("stem"), []).append(file)
+    return streams
+
+
+def in_use(directory: Path, stem: str) -> bool:
+    """Whether a live process holds the stream's lock (it is writing that spool now)."""
+    path = directory / f"{stem}.lock"
+    if fcntl is None or not path.exists():
+        return False
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def _hold_lock(path: Path) -> TextIO | None:
+    if fcntl is None:
+        return None
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another process writes this very stream: impossible with fresh sessions
+        handle.close()
+        return None
+    return handle
+
+
+def stream_stem(run: str, rank: int, session: str) -> str:
+    """The common start of a stream's segment file names. The run's name appears only as a
+    file-name-safe hint: the records themselves carry the real one."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", run)[:40].strip("-") or "run"
+    return f"{slug}.r{rank}.{session}"

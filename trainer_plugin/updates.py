@@ -1,0 +1,125 @@
+"""``Monitor.watch_optimizer``: how far each top-level module moved, and which are frozen or dead.
+
+Optimizer step hooks, on the device, no sync:
+
+* before ``optimizer.step()``: max |grad| of every trainable parameter in one ``_foreach_norm``;
+  a parameter whose gradient is missing or exactly 0 everywhere is *dead* (counted per module),
+  and its parameters are copied (``_foreach_mul(params, 1)``: memory for one copy of the
+  trainable parameters, held only during the step; ``every=k`` measures every k-th step only);
+* after it: ‖Δθ‖/‖θ‖ per module from ``_foreach_sub`` and ``_foreach_norm``.
+
+Scalars sent with the step, per top-level module ``m`` (children of the model; parameters
+registered on the model itself count as ``(root)``; without a model, per parameter group
+``group<i>``): ``update/m`` (not sent when ``m`` has nothing trainable), ``dead_grads/m``,
+``trainable/m`` and ``frozen/m`` (parameter tensors with ``requires_grad=False``, which are
+intended and never dead); and ``lr/group<i>`` for every parameter group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["ROOT_GROUP", "UpdateWatch"]
+
+Number = torch.Tensor | float | int
+ROOT_GROUP = "(root)"
+TINY = 1e-30  # ‖θ‖ = 0 (a zero-initialised module) gives a huge ratio, not a division by zero
+
+
+@dataclass
+class _Group:
+    name: str
+    trainable: list[int]  # indices into the watch's flat parameter list
+    frozen: int
+
+
+class UpdateWatch:
+    """Step hooks on ``optimizer``; ``remove()`` takes them off."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None,
+                 scalar: Callable[[str, Number], None], *, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.optimizer, self.every, self._scalar = optimizer, every, scalar
+        self._params: list[torch.Tensor] = []
+        self._groups = [self._group(name, params) for name, params in _named_groups(
+            optimizer, model)]
+        self._steps = 0
+        self._snapshot: list[torch.Tensor] | None = None
+        self._handles: list[RemovableHandle] = [
+            optimizer.register_step_pre_hook(self._before),
+            optimizer.register_step_post_hook(self._after),
+        ]
+
+    def remove(self) -> None:
+        """Take both hooks off."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _group(self, name: str, params: list[torch.Tensor]) -> _Group:
+        trainable = [p for p in params if p.requires_grad]
+        first = len(self._params)
+        self._params += trainable
+        return _Group(name, list(range(first, len(self._params))), len(params) - len(trainable))
+
+    def _before(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._steps += 1
+        self._snapshot = None
+        if (self._steps - 1) % self.every:
+            return
+        self._stage_dead()
+        if self._params:
+            with torch.no_grad():
+                self._snapshot = list(torch._foreach_mul(self._params, 1.0))
+
+    def _stage_dead(self) -> None:
+        grads = {i: p.grad for i, p in enumerate(self._params) if p.grad is not None}
+        norms = dict(zip(grads, torch._foreach_norm(list(grads.values()), ord=float("inf")),
+                         strict=True)) if grads else {}
+        for group in self._groups:
+            self._scalar(f"trainable/{group.name}", len(group.trainable))
+            self._scalar(f"frozen/{group.name}", group.frozen)
+            zero = [norms[i] == 0 for i in group.trainable if i in norms]
+            missing = len(group.trainable) - len(zero)  # no gradient reached them at all
+            self._scalar(f"dead_grads/{group.name}",
+                         _stack(zero).sum() + missing if zero else missing)
+
+    def _after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None:
+            return
+        with torch.no_grad():
+            moved = torch._foreach_norm(torch._foreach_sub(self._params, snapshot))
+            sizes = torch._foreach_norm(self._params)
+            for group in self._groups:
+                if group.trainable:
+                    delta = torch.linalg.vector_norm(_stack([moved[i] for i in group.trainable]))
+                    size = torch.linalg.vector_norm(_stack([sizes[i] for i in group.trainable]))
+                    self._scalar(f"update/{group.name}", delta / size.clamp_min(TINY))
+        for i, param_group in enumerate(self.optimizer.param_groups):
+            lr = param_group.get("lr")
+            if isinstance(lr, (torch.Tensor, float, int)) and not isinstance(lr, bool):
+                self._scalar(f"lr/group{i}", lr)
+
+
+def _named_groups(optimizer: torch.optim.Optimizer,
+                  model: torch.nn.Module | None) -> list[tuple[str, list[torch.Tensor]]]:
+    if model is None:
+        return [(f"group{i}", list(g["params"])) for i, g in enumerate(optimizer.param_groups)]
+    groups: list[tuple[str, list[torch.Tensor]]] = [
+        (name, list(child.parameters())) for name, child in model.named_children()]
+    own: list[torch.Tensor] = list(model.parameters(recurse=False))
+    return ([(ROOT_GROUP, own)] if own else []) + [(n, ps) for n, ps in groups if ps]
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    device = values[0].device
+    if any(v.device != device for v in values):  # a module split over devices (rare)
+        values = [v.to(device, non_blocking=True) for v in values]
+    return torch.stack(values)
