@@ -1,6 +1,8 @@
 """``trainvitals demo``: a real server plus π³-style runs that show what trainvitals catches.
 
-The runs use only the public plugin API (``trainvitals.Monitor``), exactly as a user would.
+The runs use only the public plugin API, exactly as a user would: a ``trainvitals.Monitor``
+per run and, on the Accelerate trainer of ``accelerate_train``, one ``trainvitals.attach`` call
+(the zero-edit path; ``train.train`` is the same trainer calling the Monitor by hand).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainvitals import Monitor
-from trainvitals.demo.train import DemoConfig, DemoResult, train
+from trainvitals.demo.accelerate_train import train_accelerate
+from trainvitals.demo.train import DemoConfig, DemoResult, Progress
 from trainvitals.server import ServerThread, Settings
 
 __all__ = ["VARIANTS", "run_demo", "variant_config"]
@@ -75,7 +78,7 @@ def _one_run(name: str, variant: str, config: DemoConfig, server: ServerThread,
     started = time.monotonic()
     with Monitor(name, server=server.ws_url, token=settings.ingest_token,
                  config=dataclasses.asdict(config)) as monitor:
-        result = train(config, monitor, progress=_progress(config.steps))
+        result = train_accelerate(config, monitor, progress=_progress(config.steps))
         monitor.close(status=result.status, reason=result.reason)
     took = time.monotonic() - started
     print(f"  {name}: {result.status} after {result.steps_run} steps in {took:.0f} s"
@@ -83,7 +86,7 @@ def _one_run(name: str, variant: str, config: DemoConfig, server: ServerThread,
     return result
 
 
-def _progress(total: int) -> object:
+def _progress(total: int) -> Progress:
     every = max(total // 5, 1)
 
     def report(step: int, values: dict[str, float]) -> None:

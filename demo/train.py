@@ -99,6 +99,9 @@ class DemoConfig:
     image_size: int = 32
     num_batches: int = 32  # a fixed pool, cycled: drawing scenes each step would dominate time
     record_history: bool = True  # per-step floats for tests; costs host syncs (free on CPU)
+    # torch intra-op threads for the run (restored after); None keeps the process setting.
+    # 1 is best on a shared 2-core box: two OpenMP threads spin-wait each other under load.
+    num_threads: int | None = None
 
     def shift(self) -> float:
         """The log-depth jump applied after ``spike_step``."""
@@ -269,9 +272,14 @@ def train(
 ) -> DemoResult:
     """Run the demo; a non-finite loss ends it as ``status="crashed"`` instead of raising."""
     history: list[dict[str, float]] = []
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     try:
         steps = _run(config, monitor, progress, history)
     except NonFiniteLossError as err:
         # The aborted step counts: it ran forward and its loss was seen.
         return DemoResult("crashed", err.step + 1, str(err), history)
+    finally:
+        torch.set_num_threads(threads)
     return DemoResult("finished", steps, "", history)

@@ -192,7 +192,9 @@ export class Chart {
       legend: { orientation: 'h', x: 0, y: 1.03, yanchor: 'bottom', font: { size: 11 },
                 traceorder: 'normal' },
       xaxis: this.xaxis(),
+      // On a log axis, label 2 and 5 in full (20, 0.5), not as bare digits next to 10^n.
       yaxis: { type: this.logY ? 'log' : 'linear', title: { text: this.yTitle }, gridcolor: grid,
+               ...(this.logY ? { minorloglabels: 'complete', tickformat: '~g' } : {}),
                zeroline: !this.logY, zerolinecolor: '#9ca3af', automargin: true,
                exponentformat: 'power' },
       // The edge-marker axis: 0 = bottom border of the plot, 1 = top border; never shown or

@@ -131,6 +131,10 @@ export class CompareView {
       }
     });
     for (const { chart } of this.group.entries()) chart.draw();
+    this.finishLoading();
+  }
+
+  finishLoading() {
     this.loading = false;
     const buffered = this.buffer;
     this.buffer = [];
@@ -147,7 +151,7 @@ export class CompareView {
       if (!this.stale(token)) this.refetches += 1;
     } catch (err) {
       if (this.stale(token)) return;
-      this.loading = false;
+      this.finishLoading();
       this.hooks.onError(`Could not load the zoomed steps: ${err.message ?? err}`);
     }
   }

@@ -54,6 +54,7 @@ export class RunView {
     this.runId = runId;
     this.hooks = { follow, onError };
     this.run = null;
+    this.firstBad = null; // {rank, step, rule, series}: the rank that went bad first (REST)
     this.generation = null; // live generation the loaded data is consistent with
     this.loading = false;
     this.loadToken = 0;
@@ -136,7 +137,10 @@ export class RunView {
     this.statusEl.title = r.reason || '';
     const ranks = r.world_size > 1 ? `${r.world_size} ranks` : '1 rank';
     const parts = [`step ${formatStep(r.last_step)}`, ranks, `started ${formatFullTime(r.first_time ?? r.created)}`];
+    const bad = r.world_size > 1 ? this.firstBad : null; // from /api/runs/{id}: which rank went bad first
     replaceChildren(this.metaEl, parts.join(' · '),
+      bad ? h('span', { class: 'warn first-bad' },
+        ` · rank ${bad.rank} went bad first, at step ${formatStep(bad.step)} (${bad.rule}: ${bad.series})`) : null,
       r.dropped ? h('span', { class: 'warn' }, ` · ${r.dropped} record(s) dropped by the trainer`) : null,
       r.reason ? h('span', { class: 'reason' }, ` · ${r.reason}`) : null);
     this.alerts.multiRank = r.world_size > 1;
@@ -166,6 +170,7 @@ export class RunView {
     try {
       const detail = await this.api.run(this.runId);
       if (this.stale(token)) return;
+      this.firstBad = detail.first_bad ?? null;
       this.showRun(detail.run);
       const generation = await this.hooks.follow([detail.run.name]);
       if (this.stale(token)) return;

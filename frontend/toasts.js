@@ -96,10 +96,14 @@ export class Notifier {
   notify(alert) {
     if (this.permission !== 'granted' || alert.severity !== 'critical') return;
     if (document.visibilityState === 'visible' && document.hasFocus()) return; // the toast suffices
-    const n = new window.Notification(`trainvitals: ${alert.run}`, {
-      body: alert.message, tag: `${alert.run}|${alert.rank}|${alert.rule}|${alert.series}`,
-    });
-    n.onclick = () => { window.focus(); n.close(); };
-    this.sent += 1;
+    try {
+      const n = new window.Notification(`trainvitals: ${alert.run}`, {
+        body: alert.message, tag: `${alert.run}|${alert.rank}|${alert.rule}|${alert.series}`,
+      });
+      n.onclick = () => { window.focus(); n.close(); };
+      this.sent += 1;
+    } catch (err) { // e.g. mobile browsers allow notifications from service workers only
+      console.warn('trainvitals: could not show a notification', err);
+    }
   }
 }

@@ -114,7 +114,7 @@ class _Chart:
             "xaxis": {"title": {"text": "step"}},
             "yaxis": {"type": "log" if self.log else "linear"},
             "yaxis2": {"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-            "legend": {"orientation": "h", "y": -0.2}}
+            "legend": {"orientation": "h", "y": -0.2, "traceorder": "normal"}}
         if self.counts:
             layout["yaxis3"] = {"overlaying": "y", "side": "right", "rangemode": "tozero",
                                 "title": {"text": self.y2}, "showgrid": False}

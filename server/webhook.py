@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -134,7 +135,7 @@ class WebhookSink:
     async def start(self) -> None:
         """Start one posting task per URL (call on the server's event loop)."""
         self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
-        self._tasks = [asyncio.create_task(self._work(t), name=f"webhook {t.url}")
+        self._tasks = [asyncio.create_task(self._work(t), name=f"webhook {_shown(t.url)}")
                        for t in self._targets]
 
     async def stop(self, timeout: float = 15.0) -> None:
@@ -185,11 +186,17 @@ class WebhookSink:
                     break  # the receiver refuses this request; sending it again will not help
                 wait = max(wait, _retry_after(response))
             if attempt < self._retries:
-                log.info("webhook %s: %s; retry in %.1f s", target.url, problem, wait)
+                log.info("webhook %s: %s; retry in %.1f s", _shown(target.url), problem, wait)
                 await asyncio.sleep(wait)
         target.failed += 1
-        log.warning("webhook %s: gave up on %d alert change(s): %s", target.url, len(batch),
+        log.warning("webhook %s: gave up on %d alert change(s): %s", _shown(target.url), len(batch),
                     problem)
+
+
+def _shown(url: str) -> str:
+    """The URL without its path: webhook paths are secrets (Slack's carry the token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}/…"
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -37,6 +37,7 @@ __all__ = ["DeliveryStats", "Sender", "Submittable", "default_spool_dir", "make_
 
 log = logging.getLogger("trainvitals")
 _STOP = object()
+COLLECT_GRACE = 2.0  # seconds close() always allows the collector to spool what is queued
 
 
 class Submittable(Protocol):
@@ -127,11 +128,13 @@ class Sender:
         return collected and (self.link is None or self.spool.pending == 0)
 
     def close(self, timeout: float) -> DeliveryStats:
-        """Deliver within ``timeout`` seconds (plus at most about one), stop, and report."""
+        """Deliver within ``timeout`` seconds, stop, and report. Collecting what is queued is
+        local work (milliseconds), allowed ``COLLECT_GRACE`` seconds even when ``timeout`` is
+        shorter; stopping the sender takes at most one more second."""
         end = time.monotonic() + timeout
         with contextlib.suppress(queue.Full):  # a full queue: the collector is far behind
-            self._queue.put(_STOP, timeout=max(0.0, timeout))
-        self._collector.join(max(0.0, end - time.monotonic()))
+            self._queue.put(_STOP, timeout=max(timeout, COLLECT_GRACE))
+        self._collector.join(max(end - time.monotonic(), COLLECT_GRACE))
         self.flush(max(0.0, end - time.monotonic()))
         if self.link is not None:
             self.link.stop.set()

@@ -47,7 +47,7 @@ def test_compose_file_validates_with_docker_compose(podman_env: dict[str, str],
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
 
 
-def test_compose_refuses_to_start_without_a_token() -> None:
+def test_compose_refuses_to_start_without_a_token(podman_env: dict[str, str]) -> None:
     """.env.example as it is committed: the token is empty, and compose says what to do."""
     done = docker_compose_config(ROOT / ".env.example")
     assert done.returncode != 0

@@ -8,6 +8,7 @@ later in the step. The server must keep both ranks' series apart and name rank 1
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -58,9 +59,11 @@ def test_two_gloo_ranks_report_apart_and_the_faulty_one_is_named(tmp_path: Path)
     try:
         port = _free_port()
         logs = [tmp_path / f"rank{r}.log" for r in range(2)]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
         procs = [subprocess.Popen(
             [sys.executable, __file__, str(rank), str(port), server.ws_url, str(tmp_path)],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT) for rank, log in enumerate(logs)]
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+            for rank, log in enumerate(logs)]
         codes = [p.wait(timeout=300) for p in procs]
         assert codes == [0, 0], "\n".join(log.read_text() for log in logs)
         api = f"{server.http_url}/api"
@@ -84,6 +87,47 @@ def test_two_gloo_ranks_report_apart_and_the_faulty_one_is_named(tmp_path: Path)
     assert (first["rank"], first["step"], first["rule"]) == (BAD_RANK, BAD_STEP, "nonfinite")
     assert [(b["rank"], b["step"]) for b in detail["bad_ranks"]] == [(1, BAD_STEP), (0, BAD_STEP)]
     assert detail["bad_ranks"][1]["series"] not in ("loss", "origin")  # later in the step
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.mark.browser
+def test_the_dashboard_draws_each_rank_and_names_the_first_bad_one(tmp_path: Path) -> None:
+    """Two ranks' records (sent in-process, as ``Monitor(rank=...)``), opened in Chromium."""
+    import torch
+
+    from trainvitals import Monitor
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server = ServerThread(Settings(port=0, data_dir=tmp_path / "data", ingest_token=TOKEN,
+                                   log_alerts=False)).start()
+    try:
+        for rank in (0, 1):
+            with Monitor("two-ranks", server=server.ws_url, token=TOKEN, rank=rank,
+                         world_size=2, spool=None) as mon:
+                for step in range(STEPS):
+                    nan = (rank == 1 and step >= BAD_STEP) or (rank == 0 and step > BAD_STEP)
+                    loss = torch.tensor(float("nan") if nan else 1.0 / (step + 1))
+                    post = torch.tensor(float("nan") if step >= BAD_STEP else 0.5)
+                    mon.log_step(step, loss=loss, grad_norm_post=post)
+        (run,) = httpx.get(f"{server.http_url}/api/runs").json()["runs"]
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(45_000)
+            page.goto(f"{server.http_url}/#run={run['id']}")
+            page.wait_for_selector(f"#run-view[data-state='ready'][data-run-id='{run['id']}']")
+            note = page.locator("#run-view .run-meta .first-bad").inner_text()
+            traces = page.evaluate("""() => window.trainvitals.settled().then(() =>
+                window.trainvitals.traceLengths('chart-loss'))""")
+            browser.close()
+    finally:
+        server.stop()
+    assert note == f" · rank 1 went bad first, at step {BAD_STEP} (nonfinite: loss)"
+    assert traces["s:loss#0"] == traces["s:loss#1"] == STEPS  # each rank its own trace
 
 
 def _worker(rank: int, port: int, server_url: str, scratch: Path) -> None:

@@ -220,13 +220,14 @@ def test_rest_buckets_parameter(start_server: Any) -> None:
     run_id = write_series(store, "short", [1.0, NAN, 3.0, INF, 5.0, 6.0, 7.0, 8.0, 9.0])
     store.close()
     url = f"{srv.http_url}/api/runs/{run_id}/series"
-    whole = httpx.get(url, params={"name": "loss", "buckets": 3}).json()["series"][0]
+    whole = httpx.get(url, params={"name": "loss", "buckets": 3}, timeout=60).json()["series"][0]
     assert whole["downsampled"] is False and len(whole["steps"]) == 9  # 9 <= 4 * 3
-    thin = httpx.get(url, params={"name": "loss", "buckets": 2}).json()["series"][0]
+    thin = httpx.get(url, params={"name": "loss", "buckets": 2}, timeout=60).json()["series"][0]
     assert thin["downsampled"] is True
     assert thin["steps"] == [0, 1, 3, 4, 5, 8]  # NaN (1) and +Inf (3) kept
     assert thin["values"] == [1.0, "NaN", "Infinity", 5.0, 6.0, 9.0]
     for bad in (0, MAX_BUCKETS + 1):
-        assert httpx.get(url, params={"name": "loss", "buckets": bad}).status_code == 422
-    plain = httpx.get(url, params={"name": "loss"}).json()["series"][0]
+        response = httpx.get(url, params={"name": "loss", "buckets": bad}, timeout=60)
+        assert response.status_code == 422
+    plain = httpx.get(url, params={"name": "loss"}, timeout=60).json()["series"][0]
     assert "downsampled" not in plain  # the shape without buckets is unchanged

@@ -127,13 +127,13 @@ def test_health_endpoint_on_a_real_stalled_run(start_server: Any) -> None:
             grad = torch.tensor(0.0 if bool(used == 0) else 0.8)
             mon.log_step(step, grad_norm=grad)
         assert mon.flush(10), mon.stats()
-        run = httpx.get(f"{srv.http_url}/api/runs").json()["runs"][0]
-        body = httpx.get(f"{srv.http_url}/api/runs/{run['id']}/health").json()
+        run = httpx.get(f"{srv.http_url}/api/runs", timeout=60).json()["runs"][0]
+        body = httpx.get(f"{srv.http_url}/api/runs/{run['id']}/health", timeout=60).json()
     assert body["level"] == "critical"
     assert body["sentences"][0] == ("Loss clipped to 0 on the last 18 steps; gradients are 0; "
                                     "the model is not learning. First clip at step 12: raw loss "
                                     "501 > clip 10.")
-    assert httpx.get(f"{srv.http_url}/api/runs/999/health").status_code == 404
+    assert httpx.get(f"{srv.http_url}/api/runs/999/health", timeout=60).status_code == 404
 
 
 def test_runs_are_silent_after_silent_after_s_without_data(start_server: Any) -> None:
@@ -147,11 +147,11 @@ def test_runs_are_silent_after_silent_after_s_without_data(start_server: Any) ->
             "Authorization": f"Bearer {INGEST_TOKEN}"}, open_timeout=10, proxy=None) as ws:
         ws.send(encode(Batch(tuple(records))))
         assert json.loads(ws.recv(timeout=10))["type"] == "ack"
-    runs = {r["name"]: r for r in httpx.get(f"{srv.http_url}/api/runs").json()["runs"]}
+    runs = {r["name"]: r for r in httpx.get(f"{srv.http_url}/api/runs", timeout=60).json()["runs"]}
     assert (runs["old"]["status"], runs["old"]["silent"]) == ("running", True)
     assert (runs["fresh"]["status"], runs["fresh"]["silent"]) == ("running", False)
-    one = httpx.get(f"{srv.http_url}/api/runs/{runs['old']['id']}").json()["run"]
+    one = httpx.get(f"{srv.http_url}/api/runs/{runs['old']['id']}", timeout=60).json()["run"]
     assert one["silent"] is True
-    health = httpx.get(f"{srv.http_url}/api/runs/{runs['old']['id']}/health").json()
+    health = httpx.get(f"{srv.http_url}/api/runs/{runs['old']['id']}/health", timeout=60).json()
     assert health["level"] == "warning"
     assert health["summary"].startswith("No data for 10 min")

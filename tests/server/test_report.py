@@ -68,12 +68,12 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def run_id(srv: ServerThread) -> int:
-    return int(httpx.get(f"{srv.http_url}/api/runs").json()["runs"][0]["id"])
+    return int(httpx.get(f"{srv.http_url}/api/runs", timeout=60).json()["runs"][0]["id"])
 
 
 def test_csv_has_every_value_exactly_with_non_finite_values_as_themselves(
         srv: ServerThread, run_id: int) -> None:
-    response = httpx.get(f"{srv.http_url}/api/runs/{run_id}/export.csv")
+    response = httpx.get(f"{srv.http_url}/api/runs/{run_id}/export.csv", timeout=60)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     assert response.headers["content-disposition"] == (
@@ -111,7 +111,7 @@ def test_csv_chunks_join_series_of_different_lengths(tmp_path: Path) -> None:
 
 
 def test_html_report_is_self_contained_escaped_and_complete(srv: ServerThread, run_id: int) -> None:
-    response = httpx.get(f"{srv.http_url}/api/runs/{run_id}/report.html")
+    response = httpx.get(f"{srv.http_url}/api/runs/{run_id}/report.html", timeout=60)
     assert response.status_code == 200
     assert response.headers["content-disposition"].startswith("attachment;")
     page = response.text
@@ -153,4 +153,4 @@ def _figures(page: str) -> list[dict[str, Any]]:
 
 def test_exports_of_an_unknown_run_are_404(srv: ServerThread) -> None:
     for path in ("report.html", "export.csv"):
-        assert httpx.get(f"{srv.http_url}/api/runs/999/{path}").status_code == 404
+        assert httpx.get(f"{srv.http_url}/api/runs/999/{path}", timeout=60).status_code == 404

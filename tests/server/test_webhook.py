@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -58,6 +59,17 @@ class Receiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class Recorded(logging.Handler):
+    """Keeps every log record it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 @pytest.fixture
@@ -143,14 +155,23 @@ async def test_failed_post_is_retried_and_accepted_once(receiver: Callable[..., 
     assert sink.stats()[r.url] == {"posted": 1, "failed": 0, "dropped": 0, "pending": 0}
 
 
-async def test_client_errors_are_not_retried(receiver: Callable[..., Receiver]) -> None:
+async def test_client_errors_are_not_retried_and_logs_keep_the_url_secret(
+        receiver: Callable[..., Receiver]) -> None:
     r = receiver([400])
-    sink = WebhookSink(json_urls=[r.url], backoff=0.05)
-    await sink.start()
-    sink.deliver([opened()])
-    await sink.stop()
+    sink = WebhookSink(json_urls=[r.url + "/T000/B000/secret"], backoff=0.05)
+    logger, seen = logging.getLogger("trainvitals.server"), Recorded()
+    logger.addHandler(seen)  # our own handler: the CLI may have stopped propagation to root
+    try:
+        await sink.start()
+        sink.deliver([opened()])
+        await sink.stop()
+    finally:
+        logger.removeHandler(seen)
     assert [status for status, _ in r.requests] == [400]
-    assert sink.stats()[r.url]["failed"] == 1
+    assert sink.stats()[r.url + "/T000/B000/secret"]["failed"] == 1
+    (record,) = [rec for rec in seen.records if "gave up" in rec.getMessage()]
+    assert record.getMessage() == ("webhook http://127.0.0.1/…: gave up on 1 alert change(s): "
+                                   "HTTP 400")
 
 
 async def test_retries_end_after_the_limit(receiver: Callable[..., Receiver]) -> None:

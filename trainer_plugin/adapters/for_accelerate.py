@@ -24,7 +24,7 @@ import torch
 from accelerate.tracking import GeneralTracker  # type: ignore[import-untyped]
 
 from trainvitals.trainer_plugin.adapters.plain import own_monitor
-from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
+from trainvitals.trainer_plugin.adapters.recorder import StepRecorder, plain_config
 from trainvitals.trainer_plugin.monitor import Monitor
 
 __all__ = ["TrainvitalsTracker", "bind", "tracker_monitor", "wrap_accelerator"]
@@ -63,7 +63,8 @@ class TrainvitalsTracker(GeneralTracker):  # type: ignore[misc]
 
     def store_init_configuration(self, values: dict[str, Any]) -> None:
         if self._monitor is None:  # the config belongs in the run's start record
-            self._monitor, _ = own_monitor(None, self._run, {**self._options, "config": values})
+            self._monitor, _ = own_monitor(None, self._run,
+                                           {**self._options, "config": plain_config(values)})
 
     def log(self, values: Mapping[str, Any], step: int | None = None, **kwargs: Any) -> None:
         if self.bound is not None:

@@ -110,3 +110,28 @@ def test_gradient_accumulation_makes_one_step_per_optimizer_step(
     means = {i: (seen[2 * i] + seen[2 * i + 1]) / 2 for i in range(3)}
     assert t.series["loss"] == pytest.approx(means)
     assert t.series["loss_used"] == pytest.approx(means)
+
+
+def test_the_tracker_alone_sends_each_log_call_as_a_step(
+        server: ServerThread, token: str, told: Callable[..., Any], tmp_path: Any) -> None:
+    """Without ``attach`` the tracker is an ordinary ``log_with`` tracker: every rank logs
+    (``main_process_only`` is off), each ``log`` call is one step."""
+    tracker = TrainvitalsTracker(run="tracker-alone", server=server.ws_url, token=token,
+                                 spool=tmp_path / "spool")
+    assert tracker.main_process_only is False
+    accelerator = accelerate.Accelerator(cpu=True, log_with=[tracker])
+    accelerator.init_trackers("adapters", config={"epochs": 2, "model": "mlp", "obj": object()})
+    assert accelerator.get_tracker("trainvitals") is tracker
+    for step in (0, 10, 20):
+        accelerator.log({"val/loss": 1.0 / (step + 1), "val/acc": torch.tensor(0.5)}, step=step)
+    tracker.log_images({"pred": torch.zeros(2, 2)}, step=20)  # joins the next step
+    accelerator.log({"val/loss": 0.01})  # no step: the next number
+    accelerator.end_training()
+
+    t = told(server, "tracker-alone", "scalar/val/loss", "scalar/val/acc",
+             "tensor/image/pred/count")
+    assert t.series["scalar/val/loss"] == pytest.approx({0: 1.0, 10: 1 / 11, 20: 1 / 21, 21: 0.01})
+    assert t.series["scalar/val/acc"] == {0: 0.5, 10: 0.5, 20: 0.5}
+    assert t.series["tensor/image/pred/count"] == {21: 4.0}
+    assert t.run["config"] == {"epochs": 2, "model": "mlp"}
+    assert t.run["status"] == "finished"
