@@ -21,7 +21,7 @@ from trainvitals.server import ServerThread, Settings
 __all__ = ["VARIANTS", "run_demo", "variant_config"]
 
 VARIANTS = {
-    "exp": "exp depth head; a one-step learning-rate spike pushes the loss past the ×0 clip "
+    "exp": "exp depth head; one bad update (log-depth +5.5) pushes the loss past the ×0 clip "
            "at 10 and the run silently stops learning",
     "overflow": "exp depth head; a larger spike overflows exp to Inf and the trainer aborts",
     "softplus": "softplus depth head, same spike: the run recovers",
@@ -35,7 +35,10 @@ def variant_config(variant: str, steps: int | None = None) -> DemoConfig:
         raise SystemExit(f"trainvitals demo: unknown variant {variant!r}; "
                          f"choose from {', '.join(VARIANTS)}")
     config = DemoConfig(depth_activation="exp" if variant == "overflow" else variant,  # type: ignore[arg-type]
-                        overflow=variant == "overflow")
+                        overflow=variant == "overflow",
+                        # one thread: the server shares this process, and two OpenMP threads
+                        # spin-waiting on a small machine made a run several times slower
+                        num_threads=1)
     return config if steps is None else dataclasses.replace(config, steps=steps)
 
 
