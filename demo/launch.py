@@ -94,7 +94,8 @@ def _progress(total: int) -> Progress:
 
     def report(step: int, values: dict[str, float]) -> None:
         if step % every == 0:
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            keys = ("loss_raw", "loss_used", "grad_norm_pre")  # what the stall story needs
+            shown = "  ".join(f"{k} {values[k]:.4g}" for k in keys if k in values)
             print(f"  step {step:>4}/{total}  {shown}", flush=True)
 
     return report
