@@ -24,7 +24,8 @@ import torch
 from accelerate.tracking import GeneralTracker  # type: ignore[import-untyped]
 
 from trainvitals.trainer_plugin.adapters.plain import own_monitor
-from trainvitals.trainer_plugin.adapters.recorder import StepRecorder, plain_config
+from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
+from trainvitals.trainer_plugin.adapters.values import plain_config
 from trainvitals.trainer_plugin.monitor import Monitor
 
 __all__ = ["TrainvitalsTracker", "bind", "tracker_monitor", "wrap_accelerator"]

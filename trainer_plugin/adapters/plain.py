@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from trainvitals.trainer_plugin.adapters.recorder import Number, StepRecorder
+from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
+from trainvitals.trainer_plugin.adapters.values import Number
 from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
 

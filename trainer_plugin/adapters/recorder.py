@@ -17,30 +17,18 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from trainvitals.trainer_plugin.adapters.values import (
+    Mean,
+    Number,
+    grad_norm,
+    item_of,
+    loss_of,
+    total_norm,
+)
 from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
 
-__all__ = ["StepRecorder", "grad_norm", "loss_of", "plain_config"]
-
-Number = torch.Tensor | float | int
-
-
-class _Mean:
-    """The mean of what one step saw (several micro-batches under gradient accumulation)."""
-
-    def __init__(self) -> None:
-        self.total: Number | None = None
-        self.count = 0
-
-    def add(self, value: Number) -> None:
-        value = value.detach() if isinstance(value, torch.Tensor) else float(value)
-        self.total = value if self.total is None else self.total + value
-        self.count += 1
-
-    def value(self) -> Number | None:
-        if self.total is None or self.count == 1:
-            return self.total
-        return self.total / self.count
+__all__ = ["StepRecorder"]
 
 
 class StepRecorder:
@@ -60,7 +48,7 @@ class StepRecorder:
         self._reset()
 
     def _reset(self) -> None:
-        self._raw, self._used = _Mean(), _Mean()
+        self._raw, self._used = Mean(), Mean()
         self._grad_norm: Number | None = None
         self._grad_norm_post: Number | None = None
         self._lr: Number | None = None
@@ -149,7 +137,7 @@ class StepRecorder:
         if not torch.is_grad_enabled():
             return
         for name, key in keys.items():
-            found = output if key is None else _item(output, key)
+            found = output if key is None else item_of(output, key)
             if isinstance(found, (tuple, list)) and found:
                 found = found[0]
             if isinstance(found, torch.Tensor) and found.is_floating_point():
@@ -178,7 +166,7 @@ class StepRecorder:
         self._begun = False
         self.next_step = self._done + 1
         if self._grad_norm is None and self._latest_grad:
-            self._grad_norm = _total(list(self._latest_grad.values()))
+            self._grad_norm = total_norm(list(self._latest_grad.values()))
         self._latest_grad = {}
         if optimizer is not None:
             if self._grad_norm_post is None:
@@ -209,43 +197,3 @@ class StepRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-
-def loss_of(output: Any) -> torch.Tensor | None:
-    """The loss in a loss module's (or model's) output: a floating tensor (its mean when not a
-    scalar), the first item of a tuple or list, or a mapping's ``"loss"`` (HF outputs)."""
-    if isinstance(output, Mapping):
-        output = output.get("loss")
-    elif isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
-        return None
-    return output if output.numel() == 1 else output.detach().mean()
-
-
-def _item(output: Any, key: str) -> Any:
-    if isinstance(output, Mapping):
-        return output.get(key)
-    return getattr(output, key, None)
-
-
-def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor | None:
-    """The total 2-norm of the parameters' gradients, on the device (one ``_foreach_norm``)."""
-    grads = [p.grad.detach() for p in params
-             if p.grad is not None and p.grad.layout == torch.strided]
-    return _total(list(torch._foreach_norm(grads))) if grads else None
-
-
-def _total(norms: list[torch.Tensor]) -> torch.Tensor:
-    device = norms[0].device
-    if any(n.device != device for n in norms):  # a model split over devices
-        norms = [n.to(device, non_blocking=True) for n in norms]
-    total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
-    return total
-
-
-def plain_config(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A framework's hyperparameters as a run config: the plain values (numbers, strings,
-    booleans, None) only, so that the start record always encodes."""
-    return {str(k): v for k, v in values.items()
-            if v is None or isinstance(v, (str, int, float, bool))}
