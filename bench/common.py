@@ -7,11 +7,13 @@ table per measurement, so ``bench/README.md`` can quote them verbatim. Progress 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import platform
 import resource
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +168,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the benchmark dies, so no server is left behind (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ServerProcess:
     """``trainvitals serve`` in a subprocess on 127.0.0.1 with its own data directory."""
 
@@ -178,7 +186,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "trainvitals.cli", "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--data-dir", str(self.data_dir),
                "--ingest-token", TOKEN, "--no-log-alerts", "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self._wait_ready()
 
     @property
