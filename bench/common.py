@@ -11,13 +11,13 @@ import ctypes
 import math
 import os
 import platform
-import resource
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -94,20 +94,44 @@ class LoadMeter:
     """How busy the machine was with *other* work while we measured.
 
     ``os.getloadavg()`` counts our own processes too, so this also reports the CPU time spent
-    by everything else: all busy CPU time (``/proc/stat``) minus this process tree's.
+    by everything else: all busy CPU time (``/proc/stat``) minus this process tree's. The tree
+    is sampled every 0.25 s from a thread, so descendants that exit before the end (servers,
+    browser renderers of closed pages) still count as ours, up to their last sample.
     """
 
     def __init__(self) -> None:
         self.load_start = os.getloadavg()
         self._wall = time.monotonic()
         self._busy = _machine_busy_s()
-        self._own = _own_cpu_s()
+        self._seen: dict[tuple[int, float], float] = {}  # (pid, started) -> CPU s last seen
+        self._lock = threading.Lock()
+        self._sample()
+        self._start_own = self._own()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="load-meter", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            self._sample()
+
+    def _sample(self) -> None:
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # it may exit between listing and reading
+                cpu = float(sum(proc.cpu_times()[:2]))
+                with self._lock:
+                    self._seen[(proc.pid, proc.create_time())] = cpu
+
+    def _own(self) -> float:
+        with self._lock:
+            descendants = sum(self._seen.values())
+        return float(sum(psutil.Process().cpu_times()[:2])) + descendants
 
     def summary(self) -> str:
         """Load averages at start and end, and the other processes' mean CPU use in cores."""
+        self._sample()
         wall = time.monotonic() - self._wall
         busy = _machine_busy_s() - self._busy
-        own = _own_cpu_s() - self._own
+        own = self._own() - self._start_own
         foreign = max(0.0, busy - own) / wall if wall > 0 else math.nan
         start, end = self.load_start, os.getloadavg()
         return (f"load average (1/5/15 min) at start {start[0]:.2f}/{start[1]:.2f}/"
@@ -121,17 +145,6 @@ def _machine_busy_s() -> float:
     idle = times.idle + getattr(times, "iowait", 0.0)
     busy = sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
     return float(busy)
-
-
-def _own_cpu_s() -> float:
-    me = psutil.Process()
-    total = float(sum(me.cpu_times()[:2]))
-    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total += waited.ru_utime + waited.ru_stime
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):  # it may exit between listing and reading
-            total += sum(child.cpu_times()[:2])
-    return total
 
 
 def header(title: str, meter: LoadMeter, *, versions: dict[str, str] | None = None,

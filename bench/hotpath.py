@@ -31,7 +31,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workload", default="demo", choices=["demo", "convnet"])
-    parser.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, "tv_watch"],
+                        default=list(VARIANTS),
                         help="variants to run (e.g. one, under a profiler)")
     args = parser.parse_args()
     steps = 20 if args.quick else args.steps

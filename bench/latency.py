@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any
@@ -30,6 +32,7 @@ from common import LoadMeter, ServerProcess, fmt, header, note, percentile, tabl
 from ingest import FrameMaker
 from playwright.sync_api import sync_playwright
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from trainvitals import Monitor
 from trainvitals.protocol import Ack, decode
@@ -97,17 +100,23 @@ def main() -> int:
     parser.add_argument("--quick", "--smoke", action="store_true")
     parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 100.0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the page's JavaScript (plugin sender, highest rate)")
     args = parser.parse_args()
     if args.quick:
         args.duration = 2.0
     meter = LoadMeter()
     rows, extra = [], []
+    profile_rows: list[list[str]] = []
     with ServerProcess() as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                      headless=True)
         for rate in args.rates:
             for kind in (MonitorSource, RawSource):
-                result = measure(server, browser, rate, args.duration, kind)
+                profile = args.profile and kind is MonitorSource and rate == max(args.rates)
+                result = measure(server, browser, rate, args.duration, kind, profile)
+                if profile:
+                    profile_rows = result["profile"]
                 rows.append(result["row"])
                 extra.append(result["note"])
         browser.close()
@@ -115,11 +124,17 @@ def main() -> int:
                  versions={"chromium": _chromium_version()},
                  extra=[f"{args.duration:g} s per rate; server subprocess, Monitor and Chromium "
                         "on the same machine; target p99 ≤ 100 ms", *extra]))
-    print(table(["sender", "steps/s", "points", "p50 ms (at page socket)",
+    print(table(["sender", "steps/s", "points", "p50 ms (at a Python live client)",
+                 "p99 ms (at a Python live client)", "p50 ms (at page socket)",
                  "p99 ms (at page socket)", "p50 ms (in chart DOM)", "p99 ms (in chart DOM)",
                  "max ms", "p50 ms (next frame)", "p99 ms (next frame)",
                  "page long tasks (total)", "target p99 ≤ 100 ms"], rows))
     print()
+    if profile_rows:
+        print(f"### Page profile (Chromium sampling profiler, Monitor.log_step at "
+              f"{max(args.rates):g} steps/s; self time)\n")
+        print(table(["function", "self ms", "% of profiled time"], profile_rows))
+        print()
     return 0
 
 
@@ -179,8 +194,38 @@ class RawSource:
         return "raw client"
 
 
+class LiveListener:
+    """A Python client on /ws/live following the run: when each step leaves the server.
+
+    The page's own socket timestamps include waiting for its busy main thread; this one
+    (another process, idle otherwise) shows the server's share.
+    """
+
+    def __init__(self, server: ServerProcess, run: str) -> None:
+        self.arrived: dict[int, float] = {}
+        self.ws = connect(f"{server.ws_url}/ws/live", origin=Origin(server.http_url),
+                          proxy=None, max_size=None)
+        self.ws.send(json.dumps({"subscribe": [run]}))
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        with contextlib.suppress(Exception):  # ends when the socket is closed
+            while True:
+                message = json.loads(self.ws.recv())
+                now = time.time()
+                if message.get("type") == "steps":
+                    for record in message.get("records", []):
+                        self.arrived.setdefault(int(record["step"]), now)
+
+    def close(self) -> None:
+        self.ws.close()
+        self.thread.join(5)
+
+
 def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
-            kind: type[MonitorSource] | type[RawSource]) -> dict[str, Any]:
+            kind: type[MonitorSource] | type[RawSource], profile: bool = False
+            ) -> dict[str, Any]:
     """Stream at ``rate`` steps/s for ``duration`` s with the run open in a page."""
     run = f"latency-{'raw' if kind is RawSource else 'plugin'}-{rate:g}-{time.strftime('%H%M%S')}"
     source = kind(server, run)
@@ -198,6 +243,8 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
         f"(window.trainvitals.traceLengths('chart-loss')['s:loss#0'] || 0) >= {warm}",
         timeout=30_000)
     page.evaluate(OBSERVER_JS)
+    cdp = _start_js_profile(page) if profile else None
+    listener = LiveListener(server, run)
     offset_ms, rtt_ms = _clock_offset(page)
     sent: dict[int, float] = {}
     start = time.perf_counter()
@@ -211,6 +258,8 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
         source.log(step)
     last = warm + n - 1 + shift
     page.wait_for_function(f"() => '{last}' in window.__latency.frame", timeout=60_000)
+    js_profile = _stop_js_profile(cdp) if cdp is not None else []
+    listener.close()
     arrived = page.evaluate("() => window.__latency")
     socket = page.evaluate("() => window.__arrived")
     page.close()
@@ -218,18 +267,52 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
     dom = [float(arrived["dom"][str(s)]) - 1e3 * t for s, t in sent.items()]
     frame = [float(arrived["frame"][str(s)]) - 1e3 * t for s, t in sent.items()]
     wire = [float(socket[str(s)]) - 1e3 * t for s, t in sent.items()]
+    served = [1e3 * (listener.arrived[s] - t) for s, t in sent.items() if s in listener.arrived]
     long_tasks = [float(x) for x in arrived["longTasks"]]
     p99 = percentile(dom, 99)
     note(f"{kind.label}, {rate:g} steps/s: p50 {percentile(dom, 50):.1f} ms, p99 {p99:.1f} ms")
     return {
-        "row": [kind.label, f"{rate:g}", len(dom), fmt(percentile(wire, 50), 1),
+        "row": [kind.label, f"{rate:g}", len(dom), fmt(percentile(served, 50), 1),
+                fmt(percentile(served, 99), 1), fmt(percentile(wire, 50), 1),
                 fmt(percentile(wire, 99), 1), fmt(percentile(dom, 50), 1), fmt(p99, 1),
                 fmt(max(dom), 1), fmt(percentile(frame, 50), 1), fmt(percentile(frame, 99), 1),
                 f"{len(long_tasks)} ({fmt(sum(long_tasks), 0)} ms)",
                 ("met" if p99 <= TARGET_P99_MS else "MISSED") if kind is MonitorSource else "—"],
+        "profile": js_profile,
         "note": (f"{kind.label}, {rate:g} steps/s: page clock − Python clock = "
                  f"{offset_ms:+.2f} ms (±{rtt_ms / 2:.2f} ms, not applied); {said}"),
     }
+
+
+def _start_js_profile(page: Any) -> Any:
+    """Chromium's sampling JS profiler (DevTools protocol) on the page, started now."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": 500})  # µs
+    cdp.send("Profiler.start")
+    return cdp
+
+
+def _stop_js_profile(cdp: Any, top: int = 12) -> list[list[str]]:
+    """Self time per JS function (and the idle/GC/program buckets) as table rows."""
+    profile = cdp.send("Profiler.stop")["profile"]
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    deltas = dict.fromkeys(nodes, 0.0)
+    for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=True):
+        deltas[node_id] += delta / 1e3  # ms
+    total = sum(deltas.values())
+    by_function: dict[str, float] = {}
+    for node_id, ms in deltas.items():
+        frame = nodes[node_id]["callFrame"]
+        where = frame["url"].rsplit("/", 1)[-1]
+        name = f"{frame['functionName'] or '(anonymous)'}"
+        key = f"{name} ({where}:{frame['lineNumber'] + 1})" if where else name
+        by_function[key] = by_function.get(key, 0.0) + ms
+    busy = total - by_function.get("(idle)", 0.0)
+    rows = [["page busy (not idle)", fmt(busy, 0), fmt(100 * busy / total, 1)]]
+    rows += [[key, fmt(ms, 0), fmt(100 * ms / total, 1)]
+             for key, ms in sorted(by_function.items(), key=lambda kv: -kv[1])[:top]]
+    return rows
 
 
 def _clock_offset(page: Any) -> tuple[float, float]:
