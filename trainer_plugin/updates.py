@@ -2,11 +2,14 @@
 
 Optimizer step hooks, on the device, no sync:
 
-* before ``optimizer.step()``: max |grad| of every trainable parameter in one ``_foreach_norm``;
-  a parameter whose gradient is missing or exactly 0 everywhere is *dead* (counted per module),
-  and its parameters are copied (``_foreach_mul(params, 1)``: memory for one copy of the
-  trainable parameters, held only during the step; ``every=k`` measures every k-th step only);
-* after it: ‖Δθ‖/‖θ‖ per module from ``_foreach_sub`` and ``_foreach_norm``.
+* before ``optimizer.step()``: the trainable parameters are copied (``_foreach_mul(params, 1)``:
+  memory for one copy of them, held only during the step; ``every=k`` measures every k-th step
+  only);
+* after it: max |grad| of every trainable parameter in one ``_foreach_norm`` — a parameter whose
+  gradient is missing or exactly 0 everywhere is *dead* (counted per module) — and ‖Δθ‖/‖θ‖ per
+  module from ``_foreach_sub`` and ``_foreach_norm``. Gradients are read *after* the step because
+  Lightning (and any ``optimizer.step(closure)`` caller) runs forward and backward inside the
+  step: before it, the gradients are still the previous step's.
 
 Scalars sent with the step, per top-level module ``m`` (children of the model; parameters
 registered on the model itself count as ``(root)``; without a model, per parameter group
@@ -50,6 +53,7 @@ class UpdateWatch:
         self._groups = [self._group(name, params) for name, params in _named_groups(
             optimizer, model)]
         self._steps = 0
+        self._measuring = False
         self._snapshot: list[torch.Tensor] | None = None
         self._handles: list[RemovableHandle] = [
             optimizer.register_step_pre_hook(self._before),
@@ -71,10 +75,8 @@ class UpdateWatch:
     def _before(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._steps += 1
         self._snapshot = None
-        if (self._steps - 1) % self.every:
-            return
-        self._stage_dead()
-        if self._params:
+        self._measuring = (self._steps - 1) % self.every == 0
+        if self._measuring and self._params:
             with torch.no_grad():
                 self._snapshot = list(torch._foreach_mul(self._params, 1.0))
 
@@ -92,8 +94,15 @@ class UpdateWatch:
 
     def _after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         snapshot, self._snapshot = self._snapshot, None
-        if snapshot is None:
+        if not self._measuring:
             return
+        self._measuring = False
+        self._stage_dead()
+        if snapshot is not None:
+            self._stage_updates(snapshot)
+        self._stage_lrs()
+
+    def _stage_updates(self, snapshot: list[torch.Tensor]) -> None:
         with torch.no_grad():
             moved = torch._foreach_norm(torch._foreach_sub(self._params, snapshot))
             sizes = torch._foreach_norm(self._params)
@@ -102,6 +111,8 @@ class UpdateWatch:
                     delta = torch.linalg.vector_norm(_stack([moved[i] for i in group.trainable]))
                     size = torch.linalg.vector_norm(_stack([sizes[i] for i in group.trainable]))
                     self._scalar(f"update/{group.name}", delta / size.clamp_min(TINY))
+
+    def _stage_lrs(self) -> None:
         for i, param_group in enumerate(self.optimizer.param_groups):
             lr = param_group.get("lr")
             if isinstance(lr, (torch.Tensor, float, int)) and not isinstance(lr, bool):

@@ -87,6 +87,45 @@ def test_updates_tell_frozen_from_dead_and_report_learning_rates(
     assert alerts(rest, server, "updates", "no_learning") == []  # `live` learns
 
 
+class Gated(nn.Module):
+    """``dead`` contributes only while ``gate`` is 1: its gradient is exactly 0 once gated off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live, self.dead = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.gate = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.live(x) + self.dead(x) * self.gate
+        return out
+
+
+def test_dead_gradients_count_the_step_they_belong_to_under_a_closure(
+        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+    # Lightning runs forward and backward inside optimizer.step(closure): the step's gradients
+    # only exist after the step began, so counting them before it would lag by one step.
+    torch.manual_seed(0)
+    net = Gated()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    mon = monitors("closure-dead", server.ws_url)
+    mon.watch_optimizer(opt, net)
+    for step in range(4):
+        net.gate = 0.0 if step >= 2 else 1.0
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = net(torch.randn(8, 4)).pow(2).mean()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        mon.log_step(step)
+    mon.close()
+
+    assert series(rest, server, "closure-dead", "scalar/dead_grads/dead") == [0, 0, 2, 2]
+    assert series(rest, server, "closure-dead", "scalar/dead_grads/live") == [0, 0, 0, 0]
+
+
 def train_zeroed(mon: Monitor, net: nn.Module, opt: torch.optim.Optimizer, steps: int,
                  zero: bool) -> None:
     """AdamW with weight decay; the trainer's guard zeroes every loss when ``zero``."""
