@@ -347,12 +347,27 @@ export class RunView {
     for (const [name, value] of Object.entries(values)) this.addValue(name, rank, step, value, clip);
     if (clip) this.addClip(clip, rank, step);
     this.pointsReceived += 1;
-    if (this.run && step > (this.run.last_step ?? -Infinity)) this.showRun({ last_step: step });
-    this.renderCounts();
+    if (this.run && step > (this.newestStep ?? this.run.last_step ?? -Infinity)) this.newestStep = step;
+    this.refreshText();
     for (const { chart } of this.group.entries()) {
       if (chart.drawn) chart.schedule();
       else chart.draw(); // a tensor seen for the first time
     }
+  }
+
+  /** The header's step and the NaN/Inf notes, once per animation frame rather than per record
+   * (at 100 records a second, rebuilding them for each kept the page from drawing). */
+  refreshText() {
+    if (this.textFrame) return;
+    this.textFrame = requestAnimationFrame(() => {
+      this.textFrame = null;
+      if (this.destroyed) return;
+      if (this.newestStep !== undefined && this.newestStep !== null) {
+        this.showRun({ last_step: this.newestStep });
+        this.newestStep = null;
+      }
+      this.renderCounts();
+    });
   }
 
   scheduleHealth(delay = HEALTH_DEBOUNCE_MS) {
