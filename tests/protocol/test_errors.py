@@ -22,7 +22,7 @@ from trainvitals.protocol import (
 )
 
 
-def _expect(frame: str | bytes | dict[str, Any], code: str, *words: str,
+def assert_bad(frame: str | bytes | dict[str, Any], code: str, *words: str,
             max_bytes: int | None = None) -> ProtocolError:
     """Decode ``frame`` (a dict is dumped first); assert it fails with ``code`` naming ``words``."""
     data = json.dumps(frame) if isinstance(frame, dict) else frame
@@ -66,8 +66,9 @@ def _step_with(**fields: Any) -> dict[str, Any]:
 
 
 def test_valid_templates_decode() -> None:  # so every failure below is down to the change
-    for frame in VALID.values():
-        decode(json.dumps(frame))
+    for kind, frame in VALID.items():
+        message = decode(json.dumps(frame))
+        assert json.loads(encode(message))["type"] == kind == frame["type"]
 
 
 # --------------------------------------------------------------------------- malformed
@@ -78,12 +79,12 @@ def test_valid_templates_decode() -> None:  # so every failure below is down to 
     '{"v":1 "type":"ack"}', "\ufeff{}",
 ], ids=repr)
 def test_not_json_is_malformed(data: str | bytes) -> None:
-    _expect(data, "malformed", "not valid JSON")
+    assert_bad(data, "malformed", "not valid JSON")
 
 
 @pytest.mark.parametrize("data", ["[]", '[{"v":1}]', "1", '"step"', "null", "true", "1.5"])
 def test_json_that_is_not_an_object_is_malformed(data: str) -> None:
-    _expect(data, "malformed", "JSON object")
+    assert_bad(data, "malformed", "JSON object")
 
 
 def _long_valid_frame() -> str:
@@ -117,14 +118,14 @@ def test_every_truncation_of_the_utf8_bytes_is_malformed() -> None:
 
 
 def test_deep_nesting_is_malformed_not_a_crash() -> None:
-    _expect("[" * 100_000 + "]" * 100_000, "malformed", "nested too deeply")
+    assert_bad("[" * 100_000 + "]" * 100_000, "malformed", "nested too deeply")
     deep = '{"a":' * 50_000 + "1" + "}" * 50_000
-    _expect('{"v":1,"type":"run_start","run":"r","session":"s","config":' + deep + "}",
+    assert_bad('{"v":1,"type":"run_start","run":"r","session":"s","config":' + deep + "}",
             "malformed")
 
 
 def test_integer_with_too_many_digits_is_malformed() -> None:
-    _expect('{"v":1,"type":"step","run":"r","session":"s","seq":1,"step":' + "9" * 5000 + "}",
+    assert_bad('{"v":1,"type":"step","run":"r","session":"s","seq":1,"step":' + "9" * 5000 + "}",
             "malformed")
 
 
@@ -137,13 +138,13 @@ def test_unknown_version(version: Any) -> None:
     frame = {k: v for k, v in VALID["ack"].items() if k != "v"}
     if version is not ...:
         frame["v"] = version
-    error = _expect(frame, "unsupported_version", "version")
+    error = assert_bad(frame, "unsupported_version", "version")
     assert "speaks 1" in str(error)
 
 
 def test_version_is_checked_before_anything_else() -> None:
-    _expect({"v": 2, "type": "from-the-future", "payload": [1]}, "unsupported_version")
-    _expect({"v": 2}, "unsupported_version")
+    assert_bad({"v": 2, "type": "from-the-future", "payload": [1]}, "unsupported_version")
+    assert_bad({"v": 2}, "unsupported_version")
 
 
 # --------------------------------------------------------------------------- type
@@ -155,30 +156,30 @@ def test_unknown_or_missing_type_is_invalid(kind: Any) -> None:
     frame: dict[str, Any] = {"v": 1, "run": "r", "session": "s", "seq": 1, "step": 0}
     if kind is not ...:
         frame["type"] = kind
-    _expect(frame, "invalid", "unknown message type")
+    assert_bad(frame, "invalid", "unknown message type")
 
 
 def test_unknown_record_type_inside_batch_names_its_index() -> None:
     frame = _frame("batch", records=[VALID["run_end"], {"type": "bogus"}])
-    _expect(frame, "invalid", "records[1]", "unknown message type", "'bogus'")
+    assert_bad(frame, "invalid", "records[1]", "unknown message type", "'bogus'")
 
 
 @pytest.mark.parametrize("kind", ["ack", "error", "batch"])
 def test_batch_holds_only_records(kind: str) -> None:
     inner = {k: v for k, v in VALID[kind].items() if k != "v"}
-    _expect(_frame("batch", records=[inner]), "invalid", "records[0]",
+    assert_bad(_frame("batch", records=[inner]), "invalid", "records[0]",
             "must be run_start, step or run_end")
 
 
 def test_batch_record_must_be_an_object() -> None:
-    _expect(_frame("batch", records=[VALID["run_end"], 7]), "invalid", "records[1]",
+    assert_bad(_frame("batch", records=[VALID["run_end"], 7]), "invalid", "records[1]",
             "must be an object")
 
 
 def test_one_bad_record_fails_the_whole_batch_with_its_field() -> None:
     good = {k: v for k, v in VALID["step"].items() if k != "v"}
     bad = {**good, "seq": -1}
-    _expect(_frame("batch", records=[good, good, bad]), "invalid", "records[2]", "'seq'",
+    assert_bad(_frame("batch", records=[good, good, bad]), "invalid", "records[2]", "'seq'",
             "negative")
 
 
@@ -197,21 +198,21 @@ REQUIRED = [
 @pytest.mark.parametrize(("kind", "field"), REQUIRED)
 def test_missing_required_field(kind: str, field: str) -> None:
     frame = {k: v for k, v in VALID[kind].items() if k != field}
-    _expect(frame, "invalid", f"'{field}'", "is required", f"({kind})")
+    assert_bad(frame, "invalid", f"'{field}'", "is required", f"({kind})")
 
 
 @pytest.mark.parametrize("field", ["count", "nan", "posinf", "neginf", "min", "max", "mean",
                                    "absmax"])
 def test_missing_tensor_stat(field: str) -> None:
     tensor = {k: v for k, v in _tensor().items() if k != field}
-    _expect(_step_with(tensors={"w": tensor}), "invalid", "'tensors'", "'w'", f"'{field}'",
+    assert_bad(_step_with(tensors={"w": tensor}), "invalid", "'tensors'", "'w'", f"'{field}'",
             "is required")
 
 
 @pytest.mark.parametrize("field", ["raw", "threshold", "action", "reason"])
 def test_missing_clip_field(field: str) -> None:
     clip = {k: v for k, v in _clip().items() if k != field}
-    _expect(_step_with(clip=clip), "invalid", "'clip'", f"'{field}'", "is required")
+    assert_bad(_step_with(clip=clip), "invalid", "'clip'", f"'{field}'", "is required")
 
 
 # --------------------------------------------------------------------------- wrong types
@@ -252,7 +253,7 @@ WRONG = [
 
 @pytest.mark.parametrize(("kind", "field", "value"), WRONG, ids=repr)
 def test_wrong_type_or_range_is_invalid_and_named(kind: str, field: str, value: Any) -> None:
-    _expect(_frame(kind, **{field: value}), "invalid", f"'{field}'")
+    assert_bad(_frame(kind, **{field: value}), "invalid", f"'{field}'")
 
 
 @pytest.mark.parametrize(("field", "value", "words"), [
@@ -278,16 +279,16 @@ def test_wrong_type_or_range_is_invalid_and_named(kind: str, field: str, value: 
     ("clip", _clip(components={"a": "b"}), ["'components'", "'a'"]),
 ])
 def test_nested_wrong_value_names_the_path(field: str, value: Any, words: list[str]) -> None:
-    _expect(_step_with(**{field: value}), "invalid", f"'{field}'", *words)
+    assert_bad(_step_with(**{field: value}), "invalid", f"'{field}'", *words)
 
 
 def test_time_beyond_float_range_is_invalid() -> None:
-    _expect('{"v":1,"type":"run_end","run":"r","session":"s","seq":2,"time":1e400}', "invalid",
+    assert_bad('{"v":1,"type":"run_end","run":"r","session":"s","seq":2,"time":1e400}', "invalid",
             "'time'", "finite")
 
 
 def test_versions_values_must_be_strings() -> None:
-    _expect(_frame("run_start", versions={"torch": 2.4}), "invalid", "'versions'", "'torch'")
+    assert_bad(_frame("run_start", versions={"torch": 2.4}), "invalid", "'versions'", "'torch'")
 
 
 # --------------------------------------------------------------------------- names
@@ -309,20 +310,20 @@ BAD_NAMES = [
 @pytest.mark.parametrize("field", ["run", "session"])
 def test_bad_stream_names(field: str, name: str) -> None:
     for kind in ("run_start", "step", "run_end", "ack"):
-        _expect(_frame(kind, **{field: name}), "invalid", f"'{field}'", f"({kind})")
+        assert_bad(_frame(kind, **{field: name}), "invalid", f"'{field}'", f"({kind})")
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 @pytest.mark.parametrize("field", ["components", "scalars", "tensors"])
 def test_bad_map_keys(field: str, name: str) -> None:
     value: Any = _tensor() if field == "tensors" else 1.0
-    _expect(_step_with(**{field: {"ok": value, name: value}}), "invalid", f"'{field}'", "entry")
+    assert_bad(_step_with(**{field: {"ok": value, name: value}}), "invalid", f"'{field}'", "entry")
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_clip_component_and_version_keys(name: str) -> None:
-    _expect(_step_with(clip=_clip(components={name: 1.0})), "invalid", "'clip'", "'components'")
-    _expect(_frame("run_start", versions={name: "1"}), "invalid", "'versions'")
+    assert_bad(_step_with(clip=_clip(components={name: 1.0})), "invalid", "'clip'", "'components'")
+    assert_bad(_frame("run_start", versions={name: "1"}), "invalid", "'versions'")
 
 
 def test_name_length_limit_is_inclusive() -> None:
@@ -330,7 +331,7 @@ def test_name_length_limit_is_inclusive() -> None:
     step = decode(json.dumps(_step_with(run=longest, scalars={longest: 1.0})))
     assert isinstance(step, Step)
     assert step.run == longest and longest in step.scalars
-    error = _expect(_step_with(run=longest + "n"), "invalid", "'run'")
+    error = assert_bad(_step_with(run=longest + "n"), "invalid", "'run'")
     assert f"1 to {MAX_NAME_LENGTH} characters" in str(error)
     assert str(MAX_NAME_LENGTH + 1) in str(error)
 
@@ -347,12 +348,12 @@ def test_names_may_hold_slashes_spaces_and_unicode() -> None:
 def test_lone_surrogates_are_refused_in_any_string() -> None:
     # json.loads turns the escape "\ud800" into a str UTF-8 cannot encode; storing or echoing
     # it would fail later, so decode refuses it up front.
-    _expect(_frame("run_start", host="\ud800"), "invalid", "'host'", "surrogate")
-    _expect(_frame("run_end", reason="x\udfff"), "invalid", "'reason'", "surrogate")
-    _expect(_frame("run_start", config={"a": ["ok", {"b": "\udc00"}]}), "invalid", "'config'",
+    assert_bad(_frame("run_start", host="\ud800"), "invalid", "'host'", "surrogate")
+    assert_bad(_frame("run_end", reason="x\udfff"), "invalid", "'reason'", "surrogate")
+    assert_bad(_frame("run_start", config={"a": ["ok", {"b": "\udc00"}]}), "invalid", "'config'",
             "surrogate")
-    _expect(_frame("run_start", config={"\ud800": 1}), "invalid", "'config'", "surrogate")
-    _expect(_step_with(tensors={"w": _tensor(dtype="\ud800")}), "invalid", "'dtype'")
+    assert_bad(_frame("run_start", config={"\ud800": 1}), "invalid", "'config'", "surrogate")
+    assert_bad(_step_with(tensors={"w": _tensor(dtype="\ud800")}), "invalid", "'dtype'")
     # raw UTF-8-encoded surrogates in a bytes frame are not UTF-8 at all
     raw = json.dumps(_frame("run_start")).encode().replace(b'"r"', b'"\xed\xa0\x80"')
     with pytest.raises(ProtocolError):
@@ -385,14 +386,14 @@ def test_too_many_entries(field: str) -> None:
         return {f"k{i}": (_tensor() if field == "tensors" else float(i)) for i in range(n)}
     step = decode(json.dumps(_step_with(**{field: entries(MAX_ENTRIES)})))  # the limit is fine
     assert len(getattr(step, field)) == MAX_ENTRIES
-    error = _expect(_step_with(**{field: entries(MAX_ENTRIES + 1)}), "invalid", f"'{field}'",
+    error = assert_bad(_step_with(**{field: entries(MAX_ENTRIES + 1)}), "invalid", f"'{field}'",
                     str(MAX_ENTRIES + 1), str(MAX_ENTRIES))
     assert "more than" in str(error)
 
 
 def test_too_many_clip_components() -> None:
     comps = {f"c{i}": 1.0 for i in range(MAX_ENTRIES + 1)}
-    _expect(_step_with(clip=_clip(components=comps)), "invalid", "'clip'", "'components'",
+    assert_bad(_step_with(clip=_clip(components=comps)), "invalid", "'clip'", "'components'",
             "more than")
 
 
@@ -400,7 +401,7 @@ def test_too_many_records_in_a_batch() -> None:
     record = {k: v for k, v in VALID["run_end"].items() if k != "v"}
     batch = decode(json.dumps(_frame("batch", records=[record] * MAX_ENTRIES)))
     assert isinstance(batch, Batch) and len(batch.records) == MAX_ENTRIES
-    _expect(_frame("batch", records=[record] * (MAX_ENTRIES + 1)), "invalid", "'records'",
+    assert_bad(_frame("batch", records=[record] * (MAX_ENTRIES + 1)), "invalid", "'records'",
             "more than")
 
 
@@ -410,14 +411,14 @@ def test_too_many_records_in_a_batch() -> None:
 def test_frame_larger_than_max_bytes_is_too_large() -> None:
     text = json.dumps(VALID["step"])
     assert decode(text, max_bytes=len(text)) is not None  # exactly at the limit: fine
-    error = _expect(text, "too_large", str(len(text)), str(len(text) - 1),
+    error = assert_bad(text, "too_large", str(len(text)), str(len(text) - 1),
                     max_bytes=len(text) - 1)
     assert "bytes" in str(error)
-    _expect(text.encode(), "too_large", max_bytes=len(text) - 1)
+    assert_bad(text.encode(), "too_large", max_bytes=len(text) - 1)
 
 
 def test_size_is_checked_before_parsing() -> None:
-    _expect("x" * 2000, "too_large", max_bytes=1024)  # would be malformed otherwise
+    assert_bad("x" * 2000, "too_large", max_bytes=1024)  # would be malformed otherwise
 
 
 def test_text_frames_are_measured_in_utf8_bytes() -> None:
@@ -425,9 +426,9 @@ def test_text_frames_are_measured_in_utf8_bytes() -> None:
     size = len(text.encode("utf-8"))
     assert size == len(text) + 100
     assert decode(text, max_bytes=size) is not None
-    _expect(text, "too_large", str(size), max_bytes=size - 1)
-    _expect(text, "too_large", max_bytes=len(text))  # characters alone would pass
-    _expect("é" * 3000, "too_large", "at least 3000 bytes", max_bytes=1024)  # no need to count
+    assert_bad(text, "too_large", str(size), max_bytes=size - 1)
+    assert_bad(text, "too_large", max_bytes=len(text))  # characters alone would pass
+    assert_bad("é" * 3000, "too_large", "at least 3000 bytes", max_bytes=1024)  # no need to count
 
 
 def test_no_limit_without_max_bytes() -> None:

@@ -76,7 +76,7 @@ def told(rest: Callable[..., Any]) -> Callable[..., Told]:
 
 
 @pytest.fixture
-def check_clip_story() -> Callable[[Told], None]:
+def assert_clip_story() -> Callable[[Told], None]:
     """The planted fault, as the server must show it after ``STEPS`` optimizer steps."""
     def check(t: Told, steps: int = STEPS, clip_from: int = CLIP_FROM, *,
               guarded: bool = True) -> None:

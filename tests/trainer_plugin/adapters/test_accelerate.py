@@ -28,7 +28,7 @@ def _prepared(small_model: Callable[[], nn.Module], tracker: TrainvitalsTracker)
 
 def test_zero_edit_loop_shows_raw_vs_used_loss_and_the_tracker_logs(
         stall_server: ServerThread, token: str, told: Callable[..., Any],
-        check_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
+        assert_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
         small_model: Callable[[], nn.Module], data: tuple[torch.Tensor, torch.Tensor],
         tmp_path: Any) -> None:
     tracker = TrainvitalsTracker(run="accel-zero-edit", server=stall_server.ws_url,
@@ -52,7 +52,7 @@ def test_zero_edit_loop_shows_raw_vs_used_loss_and_the_tracker_logs(
 
     t = told(stall_server, "accel-zero-edit", "loss", "loss_used", "grad_norm",
              "scalar/train/raw", "tensor/image/depth/max")
-    check_clip_story(t, guarded=False)
+    assert_clip_story(t, guarded=False)
     assert t.series["grad_norm"] == pytest.approx(pre_clip)  # what clip_grad_norm_ returned
     assert t.series["scalar/train/raw"] == pytest.approx(raws)  # on the step it was logged
     assert t.series["tensor/image/depth/max"] == {s: float(s) for s in range(8)}
@@ -62,7 +62,7 @@ def test_zero_edit_loop_shows_raw_vs_used_loss_and_the_tracker_logs(
 
 def test_the_guard_adds_clip_events_under_accelerate(
         stall_server: ServerThread, token: str, told: Callable[..., Any],
-        check_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
+        assert_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
         small_model: Callable[[], nn.Module], data: tuple[torch.Tensor, torch.Tensor],
         tmp_path: Any) -> None:
     tracker = TrainvitalsTracker(run="accel-guard", server=stall_server.ws_url, token=token,
@@ -80,7 +80,7 @@ def test_the_guard_adds_clip_events_under_accelerate(
         optimizer.step()
         optimizer.zero_grad()
     accelerator.end_training()
-    check_clip_story(told(stall_server, "accel-guard"))
+    assert_clip_story(told(stall_server, "accel-guard"))
 
 
 def test_gradient_accumulation_makes_one_step_per_optimizer_step(

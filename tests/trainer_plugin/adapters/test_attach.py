@@ -53,7 +53,7 @@ def test_a_vanilla_loop_reports_every_step_with_no_edit(
 
 def test_the_loss_module_hook_and_the_guard_tell_the_clip_story(
         stall_server: ServerThread, token: str, told: Callable[..., Any],
-        check_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
+        assert_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
         small_model: Callable[[], nn.Module], data: tuple[torch.Tensor, torch.Tensor],
         tmp_path: Any) -> None:
     model, criterion = small_model(), planted_loss()
@@ -72,7 +72,7 @@ def test_the_loss_module_hook_and_the_guard_tell_the_clip_story(
         with torch.no_grad():  # validation: its loss must not count
             criterion(model(x), y)
     handle.close()
-    check_clip_story(told(stall_server, "guarded"))
+    assert_clip_story(told(stall_server, "guarded"))
 
 
 def test_one_optional_call_after_the_step_joins_its_own_step(

@@ -58,7 +58,7 @@ def _fit(module: pl.LightningModule, callback: LightningCallback,
 @pytest.mark.parametrize("guarded", [True, False])
 def test_lightning_fit_delivers_steps_raw_vs_used_loss_and_clips(
         guarded: bool, stall_server: ServerThread, token: str, told: Callable[..., Any],
-        check_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
+        assert_clip_story: Callable[..., None], planted_loss: Callable[..., nn.Module],
         small_model: Callable[[], nn.Module], data: tuple[torch.Tensor, torch.Tensor],
         tmp_path: Any) -> None:
     run = f"lightning-{'guard' if guarded else 'zero-edit'}"
@@ -68,7 +68,7 @@ def test_lightning_fit_delivers_steps_raw_vs_used_loss_and_clips(
     _fit(module, vitals, data)
 
     t = told(stall_server, run)
-    check_clip_story(t, guarded=guarded)
+    assert_clip_story(t, guarded=guarded)
     for step in range(4):  # pre-clip above 1.0 is cut by Lightning's gradient_clip_val
         assert t.series["grad_norm_post"][step] == pytest.approx(
             min(t.series["grad_norm"][step], 1.0), rel=1e-4)

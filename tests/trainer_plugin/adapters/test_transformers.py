@@ -69,7 +69,7 @@ def _trainer(tmp_path: Any, **options: Any) -> Any:
 @pytest.mark.parametrize("guarded", [True, False])
 def test_trainer_delivers_steps_raw_vs_used_loss_and_clips(
         guarded: bool, stall_server: ServerThread, token: str, told: Callable[..., Any],
-        check_clip_story: Callable[..., None], tmp_path: Any) -> None:
+        assert_clip_story: Callable[..., None], tmp_path: Any) -> None:
     run = f"hf-{'guard' if guarded else 'zero-edit'}"
     criterion = TokenLoss()
     vitals: TransformersCallback | None = None
@@ -88,7 +88,7 @@ def test_trainer_delivers_steps_raw_vs_used_loss_and_clips(
 
     t = told(stall_server, run, "loss", "loss_used", "grad_norm", "grad_norm_post", "lr",
              "scalar/hf/loss", "scalar/hf/grad_norm")
-    check_clip_story(t, guarded=guarded)
+    assert_clip_story(t, guarded=guarded)
     # The Trainer's own log next to ours: its grad_norm is the same pre-clip norm; its "loss"
     # is the loss used, so it shows 0 where the raw loss was above 1,000.
     assert t.series["scalar/hf/grad_norm"] == pytest.approx(t.series["grad_norm"], rel=1e-5)
