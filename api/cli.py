@@ -128,13 +128,20 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.ingest_token is None:
         settings.ingest_token = _stored_token(settings.data_dir)
     setup_logging()
+    data = settings.data_dir if settings.database_url is None else _database(settings.database_url)
     print(f"trainvitals: dashboard at http://{settings.host}:{settings.port}/ "
-          f"(data in {settings.data_dir})", flush=True)
+          f"(data in {data})", flush=True)
     print(f"trainvitals: trainers connect with server='ws://{settings.host}:{settings.port}' "
           f"and token from {settings.data_dir / 'ingest-token'} or $TRAINVITALS_INGEST_TOKEN",
           flush=True)
     serve_forever(settings, log_level=args.log_level)
     return 0
+
+
+def _database(url: str) -> str:
+    from trainvitals.server.security import redact_url
+
+    return f"PostgreSQL {redact_url(url)}"
 
 
 def _stored_token(data_dir: Path) -> str:

@@ -17,7 +17,19 @@ from typing import Any, TextIO, cast
 __all__ = ["add_commands"]
 
 
-def _default_data_dir() -> Path:
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The SQLite data directory to export from or import into.
+
+    Export and import read and write SQLite files only. Without ``--data-dir``, a configured
+    PostgreSQL database (TRAINVITALS_DATABASE_URL) is what the user means: say so, instead of
+    quietly using a data directory the server does not use.
+    """
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    if os.environ.get("TRAINVITALS_DATABASE_URL"):
+        raise SystemExit(f"trainvitals {args.command}: works on a SQLite data directory only, "
+                         "and TRAINVITALS_DATABASE_URL says the server stores in PostgreSQL; "
+                         "use pg_dump/pg_restore there, or pass --data-dir for a SQLite store")
     return Path(os.environ.get("TRAINVITALS_DATA_DIR", "trainvitals-data"))
 
 
@@ -67,7 +79,7 @@ def _export(args: argparse.Namespace) -> int:
     from trainvitals.server.settings import Settings
     from trainvitals.server.transfer import export_runs
 
-    db = Settings.model_construct(data_dir=args.data_dir or _default_data_dir()).db_path
+    db = Settings.model_construct(data_dir=_data_dir(args)).db_path
     bar = ProgressBar("export", "rows")
     try:
         with _open(args.output, "w") as out:
@@ -84,7 +96,7 @@ def _import(args: argparse.Namespace) -> int:
     from trainvitals.server.settings import Settings
     from trainvitals.server.transfer import import_runs
 
-    db = Settings.model_construct(data_dir=args.data_dir or _default_data_dir()).db_path
+    db = Settings.model_construct(data_dir=_data_dir(args)).db_path
     size = 0 if args.file == "-" or args.file.endswith(".gz") else Path(args.file).stat().st_size
     bar = ProgressBar("import", "bytes")
     try:

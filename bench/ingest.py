@@ -3,11 +3,14 @@
 Each rank is a process with a raw websocket client (no plugin, no torch): it sends batch frames
 of pre-encoded step records — the shape the demo's Monitor sends (5 top-level values, 2 loss
 components, 3 tensors; 32 stored values each) — with at most ``window`` frames awaiting their
-ack, for ``duration`` seconds. Only acknowledged records count, and afterwards the SQLite file
-is checked to hold exactly that many points. The server is a fresh ``trainvitals serve``
-subprocess per configuration; its CPU time comes from /proc (psutil).
+ack, for ``duration`` seconds. Only acknowledged records count, and afterwards the store is
+checked to hold exactly that many points. The server is a fresh ``trainvitals serve``
+subprocess per configuration; its CPU time comes from /proc (psutil). With ``--store postgres``
+it stores in a fresh database of a throwaway PostgreSQL cluster on 127.0.0.1 (bench/pgcluster.py;
+its CPU time is not in the server's figures).
 
     .venv/bin/python bench/ingest.py                    # sweep ranks × records per frame
+    .venv/bin/python bench/ingest.py --store postgres   # the same into PostgreSQL
     .venv/bin/python bench/ingest.py --profile          # + py-spy profile of the server
     .venv/bin/python bench/ingest.py --quick            # tiny sweep: checks the script works
 """
@@ -21,11 +24,13 @@ import sqlite3
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import DATA_DIR, LoadMeter, ServerProcess, fmt, header, note, percentile, table
+from pgcluster import PostgresCluster
 from pyspy import py_spy, summarise
 from websockets.sync.client import connect
 
@@ -127,10 +132,15 @@ class Config:
     duration: float
 
 
-def run_config(cfg: Config, profile_to: Path | None = None) -> dict[str, Any]:
-    """One server, ``cfg.ranks`` ranks for ``cfg.duration`` s; the measured figures."""
+def run_config(cfg: Config, profile_to: Path | None = None,
+               database: Callable[[], str] | None = None) -> dict[str, Any]:
+    """One server, ``cfg.ranks`` ranks for ``cfg.duration`` s; the measured figures.
+
+    ``database`` makes a fresh PostgreSQL database for the server; None: SQLite.
+    """
     ctx = mp.get_context("fork")  # no threads or torch in this process: forking is safe
-    with ServerProcess() as server:
+    url = database() if database is not None else None
+    with ServerProcess(args=["--database-url", url] if url else []) as server:
         barrier, results = ctx.Barrier(cfg.ranks + 1), ctx.Queue()
         run = f"ingest-{cfg.ranks}x{cfg.batch}"
         procs = [ctx.Process(target=rank_main, args=(server.ws_url, server.token, run, r,
@@ -148,7 +158,7 @@ def run_config(cfg: Config, profile_to: Path | None = None) -> dict[str, Any]:
             p.join(30)
         if spy is not None:
             spy.wait(60)
-        stored = _count_points(server.db_path)
+        stored = _count_points(server.db_path) if url is None else _count_pg_points(url)
         rss = server.rss_mib()
     elapsed = max(r.end for r in got) - min(r.start for r in got)
     records = sum(r.records for r in got)
@@ -165,6 +175,14 @@ def run_config(cfg: Config, profile_to: Path | None = None) -> dict[str, Any]:
 def _count_points(db: Path) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return int(conn.execute("SELECT count(*) FROM points").fetchone()[0])
+
+
+def _count_pg_points(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM points").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _start_profile(pid: int, duration: float, out: Path) -> subprocess.Popen[bytes]:
@@ -184,27 +202,43 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per configuration")
     parser.add_argument("--profile", action="store_true",
                         help="profile the server with py-spy at the best configuration")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
+                        help="where the server stores: SQLite in a temporary data directory, "
+                        "or a throwaway PostgreSQL cluster on 127.0.0.1 (default sqlite)")
     args = parser.parse_args()
     if args.quick:
         args.ranks, args.batches, args.duration = [2], [16], 1.0
+    cluster = PostgresCluster().start() if args.store == "postgres" else None
+    try:
+        return _sweep(args, None if cluster is None else cluster.create_database)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _sweep(args: argparse.Namespace, database: Callable[[], str] | None) -> int:
     meter = LoadMeter()
     results = []
     for ranks in args.ranks:
         for batch in args.batches:
             cfg = Config(ranks, batch, args.window, args.duration)
-            results.append(run_config(cfg))
+            results.append(run_config(cfg, database=database))
             note(f"{ranks} ranks × {batch} records/frame: {results[-1]['values_s']:,.0f} values/s")
     best = max(results, key=lambda r: r["values_s"])
     profile_rows: list[list[str]] = []
     if args.profile:
         out = DATA_DIR / "ingest-server-profile.txt"
-        run_config(best["cfg"], profile_to=out)
+        run_config(best["cfg"], profile_to=out, database=database)
         profile_rows, samples = summarise(out)
         note(f"profile: {samples} samples in {out}")
     verdict = ("meets" if best["values_s"] >= TARGET else "MISSES") + \
         f" the target of {TARGET:,} values/s"
-    print(header("Ingest: sustained values/s into one server (bench/ingest.py)", meter,
-                 extra=[f"{VALUES_PER_RECORD} values per step record; {args.window} frame(s) in "
+    store = ("SQLite (WAL, synchronous=NORMAL)" if database is None else
+             "PostgreSQL (local throwaway cluster, fsync and synchronous_commit on)")
+    print(header(f"Ingest: sustained values/s into one server on {store.split()[0]} "
+                 "(bench/ingest.py)", meter,
+                 extra=[f"store: {store}",
+                        f"{VALUES_PER_RECORD} values per step record; {args.window} frame(s) in "
                         f"flight per rank; {args.duration:g} s per configuration; ranks are "
                         "processes on the same machine as the server",
                         f"best: {best['values_s']:,.0f} values/s at {best['cfg'].ranks} ranks × "

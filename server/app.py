@@ -6,9 +6,9 @@ as many apps as they like on temporary databases.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, WebSocket
 from starlette.requests import Request
@@ -19,7 +19,7 @@ from trainvitals.server.hub import Hub
 from trainvitals.server.ingest import serve_ingest
 from trainvitals.server.limits import Limits
 from trainvitals.server.live import serve_viewer
-from trainvitals.server.metrics import ServerMetrics
+from trainvitals.server.metrics import ServerMetrics, store_bytes
 from trainvitals.server.metrics import build_router as metrics_router
 from trainvitals.server.rest import build_router as rest_router
 from trainvitals.server.retention import Retention
@@ -33,14 +33,17 @@ from trainvitals.server.webhook import WebhookSink
 from trainvitals.server.wire_json import WireJSONResponse
 from trainvitals.server.writer import Writer
 
+if TYPE_CHECKING:
+    from trainvitals.server.replicas import ReplicaRelay
+
 __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
-    """A ready-to-serve ASGI app. ``store`` defaults to SQLite in ``settings.data_dir``."""
+    """A ready-to-serve ASGI app. ``store`` defaults to PostgreSQL at ``settings.database_url``
+    if set, else SQLite in ``settings.data_dir``."""
     settings = settings or Settings()
     redact_tokens_in_logs()
-    store = store or SQLiteStore(settings.db_path, limits=Limits(
-        max_runs=settings.max_runs, max_series_per_run=settings.max_series_per_run))
+    store = store or _default_store(settings)
     hub = Hub(settings.viewer_queue)
     engine = AlertEngine(_alert_config(settings))
     sinks: list[AlertSink] = [BrowserSink(hub)]
@@ -52,11 +55,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     retention = Retention(store, writer, engine, retain_days=settings.retain_days,
                           retain_bytes=settings.retain_bytes,
                           interval=settings.retention_interval)
-    metrics = ServerMetrics(writer, hub, store, settings.db_path)
+    metrics = ServerMetrics(writer, hub, store, _disk_bytes(store, settings))
+    relay = _replica_relay(settings, hub)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await writer.start()
+        if relay is not None:
+            await relay.start()
         for hook in webhooks:
             await hook.start()
         await retention.start()
@@ -67,6 +73,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             await writer.stop()  # delivers the last alert changes to the sinks ...
             for hook in webhooks:
                 await hook.stop()  # ... which the webhooks then post
+            if relay is not None:
+                await relay.stop()  # after the writer: its last messages reach the replicas
 
     # No /docs or /redoc: those pages load scripts from a CDN and run inline script, which
     # the Content-Security-Policy forbids; the schema stays at /openapi.json.
@@ -75,6 +83,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.settings, app.state.store, app.state.hub, app.state.writer = (
         settings, store, hub, writer)
     app.state.metrics, app.state.retention, app.state.webhooks = metrics, retention, webhooks
+    app.state.relay = relay
     if settings.metrics:
         app.include_router(metrics_router(metrics, settings.view_token))
     app.include_router(rest_router())
@@ -109,6 +118,31 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
                                  headers=SECURITY_HEADERS)
 
     return app
+
+
+def _default_store(settings: Settings) -> Store:
+    limits = Limits(max_runs=settings.max_runs, max_series_per_run=settings.max_series_per_run)
+    if settings.database_url is None:
+        return SQLiteStore(settings.db_path, limits=limits)
+    # Imported only here: psycopg is needed only by those who configure PostgreSQL.
+    from trainvitals.server.postgres_store import PostgresStore
+
+    return PostgresStore(settings.database_url, limits=limits)
+
+
+def _disk_bytes(store: Store, settings: Settings) -> Callable[[], int]:
+    """What /metrics reports as the store's size: the bytes its files take on disk."""
+    disk_bytes: Callable[[], int] | None = getattr(store, "disk_bytes", None)
+    return disk_bytes or (lambda: store_bytes(settings.db_path))
+
+
+def _replica_relay(settings: Settings, hub: Hub) -> ReplicaRelay | None:
+    """On PostgreSQL, live messages go to and come from every replica on that database."""
+    if settings.database_url is None:
+        return None
+    from trainvitals.server.replicas import ReplicaRelay  # psycopg: only if configured
+
+    return ReplicaRelay(settings.database_url, hub)
 
 
 def _webhooks(settings: Settings) -> list[WebhookSink]:

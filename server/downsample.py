@@ -12,7 +12,8 @@ each. ``min``/``max`` are taken over finite values only, so an Inf does not hide
 spike next to it. Ties go to the earliest step.
 
 ``m4`` is the reference in plain Python; ``SQLITE_M4`` computes the same set inside SQLite
-(``SQLiteStore.series_m4``), and the tests hold the two to each other.
+(``SQLiteStore.series_m4``), ``trainvitals.server.postgres_sql.M4`` inside PostgreSQL, and the
+tests hold each to the reference.
 """
 
 from __future__ import annotations

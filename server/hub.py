@@ -4,17 +4,23 @@ Backpressure policy: publishing never waits. Each viewer has a bounded queue; a 
 queue is full (a slow browser or network) loses its queued messages and gets one
 ``{"type": "resync"}`` message instead, after which the page reloads what it shows from the
 REST API. Ingest and other viewers are never slowed by one slow viewer.
+
+With several replicas on one database, ``listener`` (the replica relay) is told of every
+``publish``; messages that came from another replica go out through ``deliver``, which only
+queues them for this hub's viewers (so they are never relayed again).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Hub", "Viewer"]
 
 ALL_RUNS = "*"
+Listener = Callable[[str | None, dict[str, Any]], None]
 
 
 @dataclass(eq=False)
@@ -36,6 +42,7 @@ class Hub:
     def __init__(self, queue_size: int = 512) -> None:
         self._queue_size = queue_size
         self._viewers: set[Viewer] = set()
+        self.listener: Listener | None = None  # told of every publish; must not block
 
     def __len__(self) -> int:
         return len(self._viewers)
@@ -52,6 +59,12 @@ class Hub:
 
     def publish(self, run: str | None, message: dict[str, Any]) -> None:
         """Queue ``message`` for viewers of ``run`` (``None``: for every viewer); never waits."""
+        self.deliver(run, message)
+        if self.listener is not None:
+            self.listener(run, message)
+
+    def deliver(self, run: str | None, message: dict[str, Any]) -> None:
+        """Like ``publish`` but for this hub's viewers only: the listener is not told."""
         for viewer in self._viewers:
             if run is None or viewer.follows(run):
                 self._offer(viewer, message)

@@ -1,14 +1,14 @@
 """Prometheus metrics for the people who run the server: ``GET /metrics``.
 
 Everything is read at scrape time from the objects that already count it (the writer, the hub,
-the store, the data directory), so ingest pays nothing for metrics. Each app has its own
+the store and its files), so ingest pays nothing for metrics. Each app has its own
 ``CollectorRegistry``: there is no global state, and tests build as many apps as they like.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -41,8 +41,9 @@ def store_bytes(db_path: Path) -> int:
 class ServerMetrics(Collector):
     """The server's metrics; ``producer()`` wraps each trainer connection to count it."""
 
-    def __init__(self, writer: Writer, hub: Hub, store: Store, db_path: Path) -> None:
-        self._writer, self._hub, self._store, self._db_path = writer, hub, store, db_path
+    def __init__(self, writer: Writer, hub: Hub, store: Store,
+                 disk_bytes: Callable[[], int]) -> None:
+        self._writer, self._hub, self._store, self._disk_bytes = writer, hub, store, disk_bytes
         self.producers = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -76,8 +77,9 @@ class ServerMetrics(Collector):
                                 value=len(self._hub))
         yield self._open_alerts()
         yield GaugeMetricFamily("trainvitals_store_bytes",
-                                "Bytes of the SQLite store file plus its write-ahead log.",
-                                value=store_bytes(self._db_path))
+                                "Bytes the store takes on disk: the SQLite file plus its "
+                                "write-ahead log, or the PostgreSQL tables with their indexes.",
+                                value=self._disk_bytes())
 
     def _open_alerts(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily("trainvitals_open_alerts", "Open alerts by run and severity.",

@@ -1,7 +1,8 @@
 """Who may talk to the server, and what every answer carries.
 
 Tokens are compared in constant time and never logged (uvicorn logs each websocket handshake
-with its query string, where browsers put the view token: a log filter redacts it). Websocket
+with its query string, where browsers put the view token: a log filter redacts it, and the
+password of a database URL such as ``postgresql://user:secret@host/db`` too). Websocket
 Origins are checked against cross-site websocket hijacking. Every HTTP answer — pages, API,
 errors, refused handshakes — carries the same security headers and a Content-Security-Policy
 without inline script.
@@ -20,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 __all__ = ["SECURITY_HEADERS", "origin_allowed", "presented_token", "redact_tokens_in_logs",
-           "refuse", "token_ok"]
+           "redact_url", "refuse", "token_ok"]
 
 SECURITY_HEADERS = {
     # plotly.js injects <style> elements, hence 'unsafe-inline' for styles only; no inline script.
@@ -34,6 +35,13 @@ SECURITY_HEADERS = {
 # Loggers that print request paths (with their query strings) in the servers we run under.
 PATH_LOGGERS = ("uvicorn.error", "uvicorn.access")
 _SECRET = re.compile(r"(?i)((?:^|[?&;\s])token=|bearer\s+)[^&\s\"']+")
+# The password in a URL's user info: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*(@)")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it redacted."""
+    return _URL_PASSWORD.sub(r"\1[redacted]\2", text)
 
 
 async def refuse(ws: WebSocket, status: int, reason: str) -> None:
@@ -78,11 +86,12 @@ def origin_allowed(conn: HTTPConnection, extra: Iterable[str], *, required: bool
 
 
 class RedactTokens(logging.Filter):
-    """Rewrites a log record so that no ``token=…`` or ``Bearer …`` value survives in it."""
+    """Rewrites a log record so that no ``token=…`` or ``Bearer …`` value, nor a URL's
+    password, survives in it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        redacted = _SECRET.sub(r"\1[redacted]", text)
+        redacted = redact_url(_SECRET.sub(r"\1[redacted]", text))
         if redacted != text:
             record.msg, record.args = redacted, ()
         return True

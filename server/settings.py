@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes the server")
     port: int = Field(8765, ge=0, le=65535, description="port to listen on (0 picks a free one)")
     data_dir: Path = Field(Path("trainvitals-data"), description="where the SQLite store lives")
+    database_url: str | None = Field(
+        None, repr=False, description="PostgreSQL database to store in instead of DATA_DIR, "
+        "e.g. postgresql://user:password@host:5432/trainvitals; several servers may share it "
+        "(needs pip install 'trainvitals[postgres]')")
     ingest_token: str | None = Field(
         None, description="token trainers must send; unset, `trainvitals serve` keeps one in "
         "DATA_DIR/ingest-token")
@@ -46,7 +50,7 @@ class Settings(BaseSettings):
                           "a new run beyond it is refused (error limit_exceeded)")
     max_series_per_run: int = Field(10_000, ge=1, description="most series (metrics) one run "
                                     "may have; a step adding more is refused")
-    writer_batch: int = Field(512, ge=1, description="records committed per SQLite transaction")
+    writer_batch: int = Field(512, ge=1, description="records committed per store transaction")
     viewer_queue: int = Field(512, ge=8, description="messages buffered per browser before it "
                               "is told to resync")
     stall_steps: int = Field(10, ge=1, description="consecutive zeroed/clipped steps that make a "
@@ -114,6 +118,14 @@ class Settings(BaseSettings):
     def _token_not_blank(cls, value: str | None) -> str | None:
         if value is not None and len(value) < 8:
             raise ValueError("tokens must be at least 8 characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        # The message leaves the value out: it may hold a password.
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// (or postgres://) URL")
         return value
 
     @field_validator("webhook_urls", "slack_webhook_urls")

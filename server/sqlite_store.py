@@ -6,7 +6,6 @@ is ever NULL there). ±Inf are stored natively. JSON columns use the wire encodi
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import threading
@@ -14,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire, float_to_wire
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire
 from trainvitals.server.alerts import Alert
 from trainvitals.server.downsample import SQLITE_M4
 from trainvitals.server.limits import LimitExceeded, Limits
@@ -27,6 +26,14 @@ from trainvitals.server.store import (
     SeriesData,
     SeriesInfo,
     WriteResult,
+)
+from trainvitals.server.store_codec import (
+    decode_details,
+    dumps_json,
+    hi_step,
+    lo_step,
+    loads_json,
+    steps_per_second,
 )
 
 __all__ = ["SQLiteStore"]
@@ -153,9 +160,9 @@ class SQLiteStore:
                 "UPDATE runs SET status='running', reason='', updated=?, "
                 "world_size=max(world_size, ?), "
                 "config=CASE WHEN config='{}' THEN ? ELSE config END WHERE id=?",
-                (record.time, record.world_size, _dumps(record.config), run_id))
+                (record.time, record.world_size, dumps_json(record.config), run_id))
             conn.execute("UPDATE streams SET host=?, pid=?, versions=?, started=? WHERE id=?",
-                         (record.host, record.pid, _dumps(record.versions), record.time,
+                         (record.host, record.pid, dumps_json(record.versions), record.time,
                           self._stream_id(conn, record)))
         elif isinstance(record, RunEnd):
             self._end_stream(conn, run_id, record)
@@ -173,7 +180,7 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?)",
                 (run_id, step.rank, step.step, _real(c.raw), _real(c.threshold), c.action,
                  c.reason,
-                 _dumps(c.components)))
+                 dumps_json(c.components)))
         if step.origin is not None:
             _write_origin(conn, run_id, step)
         conn.execute(
@@ -250,7 +257,7 @@ class SQLiteStore:
             for a in alerts:
                 run_id = self._run_id(conn, a.run, 0.0)
                 values = (a.severity, a.state, a.first_step, a.opened_step, a.last_step,
-                          a.resolved_step, a.count, a.message, _dumps(a.details))
+                          a.resolved_step, a.count, a.message, dumps_json(a.details))
                 cur = conn.execute(
                     "UPDATE alerts SET severity=?, state=?, first_step=?, opened_step=?, "
                     "last_step=?, resolved_step=?, count=?, message=?, details=? "
@@ -311,8 +318,8 @@ class SQLiteStore:
             "SELECT step, time FROM steps WHERE run_id=? AND rank=? ORDER BY step DESC LIMIT 100",
             (run_id, min(ranks, default=0))).fetchall()
         return RunRow(run_id, name, status, created, updated, last_step, world, ranks, dropped,
-                      reason, _loads(config), steps, t0, t1, open_alerts,
-                      _steps_per_second(recent))
+                      reason, loads_json(config), steps, t0, t1, open_alerts,
+                      steps_per_second(recent))
 
     def series_list(self, run_id: int) -> list[SeriesInfo]:
         rows = self._read_conn().execute(
@@ -332,7 +339,8 @@ class SQLiteStore:
             rows = conn.execute(
                 "SELECT step, value FROM points WHERE series_id=? AND step>=? AND step<=? "
                 "ORDER BY step LIMIT ?",
-                (series_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
+                (series_id, lo_step(start), hi_step(end),
+                 -1 if limit is None else limit)).fetchall()
             out.append(SeriesData(name, series_rank, [s for s, _ in rows],
                                   [math.nan if v is None else v for _, v in rows]))
         return out
@@ -349,7 +357,7 @@ class SQLiteStore:
         for series_id, series_rank in found:
             lo, hi = conn.execute(
                 "SELECT min(step), max(step) FROM points WHERE series_id=? AND step>=? AND step<=?",
-                (series_id, _lo(start), _hi(end))).fetchone()
+                (series_id, lo_step(start), hi_step(end))).fetchone()
             # Buckets divide the steps the range actually holds, [lo, hi].
             rows = [] if lo is None else conn.execute(SQLITE_M4, {
                 "sid": series_id, "start": lo, "span": hi - lo + 1,
@@ -363,9 +371,9 @@ class SQLiteStore:
         rows = self._read_conn().execute(
             "SELECT rank, step, raw, threshold, action, reason, components FROM clips "
             "WHERE run_id=? AND step>=? AND step<=? ORDER BY step, rank LIMIT ?",
-            (run_id, _lo(start), _hi(end), -1 if limit is None else limit)).fetchall()
+            (run_id, lo_step(start), hi_step(end), -1 if limit is None else limit)).fetchall()
         return [ClipRow(rank, step, _float(raw), _float(thr), action, reason,
-                        {k: float_from_wire(v) for k, v in _loads(comps).items()})
+                        {k: float_from_wire(v) for k, v in loads_json(comps).items()})
                 for rank, step, raw, thr, action, reason, comps in rows]
 
     def alerts(self, *, run: str | None = None, state: str | None = None) -> list[Alert]:
@@ -378,7 +386,7 @@ class SQLiteStore:
         return [Alert(run=row[0], rank=row[1], rule=row[2], series=row[3], severity=row[4],
                       state=row[5], first_step=row[6], opened_step=row[7], last_step=row[8],
                       resolved_step=row[9], count=row[10], message=row[11],
-                      details=_decode_details(_loads(row[12])))
+                      details=decode_details(loads_json(row[12])))
                 for row in rows]
 
     def origins(self, run_id: int) -> list[OriginRow]:
@@ -422,14 +430,6 @@ def _inserted(conn: sqlite3.Connection, sql: str, *params: Any) -> tuple[int]:
     return (row_id,)
 
 
-def _steps_per_second(recent: list[tuple[int, float]]) -> float | None:
-    """Steps per second of the trainer's clock over (step, time) pairs, or None if unknown."""
-    if len(recent) < 2:
-        return None
-    (s1, t1), (s0, t0) = recent[0], recent[-1]
-    return (s1 - s0) / (t1 - t0) if t1 > t0 else None
-
-
 def _write_origin(conn: sqlite3.Connection, run_id: int, step: Step) -> None:
     """Insert the step's origin, or complete the stored one of the same origin step."""
     o = step.origin
@@ -447,40 +447,9 @@ def _write_origin(conn: sqlite3.Connection, run_id: int, step: Step) -> None:
          o.op, o.source))
 
 
-def _lo(step: int | None) -> int:
-    return -(2**63) if step is None else step
-
-
-def _hi(step: int | None) -> int:
-    return 2**63 - 1 if step is None else step
-
-
 def _real(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
 def _float(value: float | None) -> float:
     return math.nan if value is None else value
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(_wire(obj), allow_nan=False, separators=(",", ":"))
-
-
-def _wire(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return float_to_wire(obj)
-    if isinstance(obj, dict):
-        return {str(k): _wire(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_wire(v) for v in obj]
-    return obj
-
-
-def _loads(text: str | None) -> dict[str, Any]:
-    return {} if not text else dict(json.loads(text))
-
-
-def _decode_details(details: dict[str, Any]) -> dict[str, Any]:
-    return {k: float_from_wire(v) if v in ("NaN", "Infinity", "-Infinity") else v
-            for k, v in details.items()}

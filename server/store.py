@@ -1,7 +1,8 @@
 """The storage seam: what the server needs from a store, and the rows it gets back.
 
-``SQLiteStore`` is the embedded default. Every method is synchronous: the writer calls the
-write methods from its one thread; readers call from worker threads.
+``SQLiteStore`` is the embedded default; ``PostgresStore`` (``trainvitals.server.postgres_store``)
+is one database that several server replicas share. Every method is synchronous: the writer
+calls the write methods from its one thread; readers call from worker threads.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fixtures for the server tests: stores on temporary files and real servers on free ports.
 
-``store`` is parametrized over the store implementations (only SQLite for now); a PostgreSQL
-store joins by adding a parameter to ``store_factory``.
+``store`` is parametrized over the store implementations: SQLite in a temporary directory and
+PostgreSQL in a fresh database of the session's throwaway cluster (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ INGEST_TOKEN = "ingest-token-for-tests"
 StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Makes unopened stores that all use the same (fresh, empty) location."""
     if request.param == "sqlite":
         return lambda: SQLiteStore(tmp_path / "store" / "trainvitals.sqlite3")
+    if request.param == "postgres":
+        from trainvitals.server.postgres_store import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+        return lambda: PostgresStore(url)
     raise AssertionError(f"unknown store kind {request.param}")
 
 

@@ -1,4 +1,4 @@
-"""M4 downsampling: the Python reference, the SQL in the store (held to the reference), the
+"""M4 downsampling: the Python reference, the SQL in each store (held to the reference), the
 REST parameter, and a spike among a million steps that reservoir sampling loses and M4 keeps."""
 
 from __future__ import annotations
@@ -77,26 +77,18 @@ def test_m4_of_unsorted_input_and_a_sub_range() -> None:
 
 
 # --------------------------------------------------------------------------- SQL == reference
+# ``store`` runs each of these on every store implementation (tests/server/conftest.py).
 
 
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "m4.sqlite3")
-    store.open()
-    yield store
-    store.close()
-
-
-def test_store_m4_equals_the_reference_on_noisy_data_with_nan_and_inf(
-        sqlite_store: SQLiteStore) -> None:
+def test_store_m4_equals_the_reference_on_noisy_data_with_nan_and_inf(store: Store) -> None:
     rng = random.Random(7)
     steps = sorted(rng.sample(range(0, 20_000), 3000))  # sparse, irregular steps
     values = [rng.choice([NAN, INF, -INF]) if rng.random() < 0.02 else rng.gauss(0, 1) * 10
               for _ in steps]
-    run_id = write_series(sqlite_store, "noisy", values, steps)
+    run_id = write_series(store, "noisy", values, steps)
     for start, end, buckets in [(None, None, 100), (None, None, 7), (1000, 5000, 64),
                                 (steps[10], steps[10], 3), (None, None, 5000)]:
-        (got,) = sqlite_store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
+        (got,) = store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
         inside = [(s, v) for s, v in zip(steps, values, strict=True)
                   if (start is None or s >= start) and (end is None or s <= end)]
         lo, hi = inside[0][0], inside[-1][0]  # buckets divide the steps the range holds
@@ -104,8 +96,8 @@ def test_store_m4_equals_the_reference_on_noisy_data_with_nan_and_inf(
                                      start=lo, end=hi, buckets=min(buckets, hi - lo + 1))
         assert got.steps == want_steps, (start, end, buckets)
         assert same(got.values, want_values)
-    assert sqlite_store.series_m4(run_id, "loss", start=30_000, buckets=10)[0].steps == []
-    assert sqlite_store.series_m4(run_id, "missing", buckets=10) == []
+    assert store.series_m4(run_id, "loss", start=30_000, buckets=10)[0].steps == []
+    assert store.series_m4(run_id, "missing", buckets=10) == []
 
 
 _values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
@@ -118,10 +110,10 @@ _counter = iter(range(10**9))
 @given(values=st.lists(_values, min_size=1, max_size=60), buckets=st.integers(1, 20),
        stride=st.integers(1, 5))
 def test_store_m4_equals_the_reference_for_any_values(
-        sqlite_store: SQLiteStore, values: list[float], buckets: int, stride: int) -> None:
+        store: Store, values: list[float], buckets: int, stride: int) -> None:
     steps = [i * stride for i in range(len(values))]
-    run_id = write_series(sqlite_store, f"prop-{next(_counter)}", values, steps)
-    (got,) = sqlite_store.series_m4(run_id, "loss", buckets=buckets)
+    run_id = write_series(store, f"prop-{next(_counter)}", values, steps)
+    (got,) = store.series_m4(run_id, "loss", buckets=buckets)
     want_steps, want_values = m4(steps, values, start=0, end=steps[-1],
                                  buckets=min(buckets, steps[-1] + 1))
     assert got.steps == want_steps

@@ -210,6 +210,22 @@ def test_resumed_run_is_a_new_session_of_the_same_run(store: Store) -> None:
     assert (row.status, row.reason, row.last_step, row.ranks) == ("finished", "", 2, [0])
 
 
+def test_a_step_written_again_replaces_the_stored_values(store: Store) -> None:
+    """A run resumed from a checkpoint redoes steps: the newest record of a step wins."""
+    store.write([run_start(session="s1"), step(1, 0, session="s1", loss=1.0),
+                 step(2, 1, session="s1", loss=2.0, time=50.0)])
+    store.write([run_start(session="s2", time=300.0),
+                 step(1, 1, session="s2", loss=NAN, time=301.0),
+                 step(2, 2, session="s2", loss=3.0, time=302.0),
+                 step(3, 2, session="s2", loss=INF, time=303.0)])  # the same step, twice
+    run_id = only_run_id(store)
+    (data,) = store.series(run_id, "loss")
+    assert data.steps == [0, 1, 2]
+    assert same_floats(data.values, [1.0, NAN, INF])
+    row = store.runs()[0]
+    assert (row.steps, row.last_step, row.last_time) == (3, 2, 303.0)
+
+
 def test_resumed_run_finishes_although_the_killed_session_never_ended(store: Store) -> None:
     # kill -9: session s1 never sends run_end.
     store.write([run_start(session="s1"), step(1, 0, session="s1", loss=1.0)])
