@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     webhooks = _webhooks(settings)
     sinks.extend(webhooks)
     writer = Writer(store, engine, hub, sinks, batch_records=settings.writer_batch)
-    retention = Retention(store, writer, engine, retain_days=settings.retain_days,
+    retention = Retention(store, writer, retain_days=settings.retain_days,
                           retain_bytes=settings.retain_bytes,
                           interval=settings.retention_interval)
     metrics = ServerMetrics(writer, hub, store, _disk_bytes(store, settings))

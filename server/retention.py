@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from trainvitals.server.alerts import AlertEngine
 from trainvitals.server.store import RunRow, Store
 from trainvitals.server.writer import Writer
 
@@ -58,9 +57,9 @@ def _delete(store: Store, run: RunRow, forget: Callable[[str], None]) -> None:
 class Retention:
     """Runs ``sweep`` every ``interval`` seconds while the app runs (when a limit is set)."""
 
-    def __init__(self, store: Store, writer: Writer, engine: AlertEngine, *,
+    def __init__(self, store: Store, writer: Writer, *,
                  retain_days: float | None, retain_bytes: int | None, interval: float) -> None:
-        self._store, self._writer, self._engine = store, writer, engine
+        self._store, self._writer = store, writer
         self._days, self._bytes, self._interval = retain_days, retain_bytes, interval
         self._task: asyncio.Task[None] | None = None
         self.deleted: list[str] = []  # every run deleted since start, for tests and logs
@@ -86,7 +85,7 @@ class Retention:
         """One sweep, now; returns the deleted run names."""
         deleted: list[str] = await self._writer.run_exclusive(lambda: sweep(
             self._store, now=time.time(), retain_days=self._days, retain_bytes=self._bytes,
-            forget=self._engine.forget))
+            forget=self._writer.forget))
         if deleted:
             log.info("retention: deleted %d run(s): %s", len(deleted), ", ".join(deleted))
             self.deleted.extend(deleted)

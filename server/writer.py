@@ -57,12 +57,14 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
         self.committed_values = 0  # series values in committed steps (for /metrics)
+        self._adopted: set[str] = set()  # runs whose stored open alerts the engine holds
 
     async def start(self) -> None:
         """Open the store, restore open alerts, start the writer task."""
         await self._call(self._store.open)
         open_alerts = await self._call(lambda: self._store.alerts(state="open"))
         self._engine.load_open(open_alerts)
+        self._adopted.update(alert.run for alert in open_alerts)
         self._task = asyncio.create_task(self._run(), name="trainvitals-writer")
 
     async def stop(self) -> None:
@@ -151,11 +153,29 @@ class Writer:
 
     def _write(self, records: list[Record]) -> tuple[WriteResult, list[AlertChange]]:
         result = self._store.write(records)
+        self._adopt({r.run for r in result.accepted if isinstance(r, Step)})
         changes = [c for r in result.accepted if isinstance(r, Step)
                    for c in self._engine.observe(r)]
         if changes:
             self._store.save_alerts(c.alert for c in changes)
         return result, changes
+
+    def _adopt(self, runs: set[str]) -> None:
+        """Load the open alerts of runs new to this writer before judging their steps.
+
+        At start the engine loads every open alert; a run that arrives later may still have
+        some: another replica on the same database raised them before its trainer failed over
+        to this one. Without them an alert still holding would be announced as opened twice.
+        """
+        for run in runs - self._adopted:
+            self._engine.load_open(self._store.alerts(run=run, state="open"))
+            self._adopted.add(run)
+
+    def forget(self, run: str) -> None:
+        """Drop the engine's state of a deleted run, which starts afresh if it comes back
+        (on the writer's thread: ``run_exclusive``)."""
+        self._engine.forget(run)
+        self._adopted.discard(run)
 
     def _publish(self, result: WriteResult) -> None:
         steps: dict[str, list[dict[str, Any]]] = {}

@@ -140,3 +140,27 @@ def test_a_point_and_an_alert_ingested_on_a_reach_b_once(
     assert [(c["change"], c["rule"]) for body in hooks[0].bodies for c in body["alerts"]] == [
         ("opened", "nonfinite")]
     assert hooks[1].bodies == []  # relayed alerts reach B's browsers, not B's sinks
+
+
+def test_a_stream_that_fails_over_keeps_its_open_alert_without_opening_it_again(
+        postgres_url: str, start_server: StartServer, ingest_token: str) -> None:
+    # The trainer's stream moves from A to B (A died): B's engine must continue A's open alert
+    # (loaded from the database when the run first reaches B), not announce it opened again.
+    a = start_server(database_url=postgres_url)
+    b = start_server(database_url=postgres_url)  # running before the alert exists
+    ingest(a, ingest_token, [RunStart(run="moves", session="s", time=1.0),
+                             Step(run="moves", session="s", seq=1, step=0, time=2.0,
+                                  loss=math.nan)])
+    a.stop()
+    with viewer(b) as on_b:
+        follow_all(on_b)
+        ingest(b, ingest_token, [Step(run="moves", session="s", seq=2, step=1, time=3.0,
+                                      loss=math.nan)])
+        ingest(b, ingest_token, [RunStart(run="barrier", session="s")])
+        seen = receive_until(on_b, started("barrier"))
+
+    assert points(seen, "moves") == [(1, "NaN")]
+    assert [c for c in alert_changes(seen) if c[0] == "opened"] == []
+    response = httpx.get(f"{b.http_url}/api/alerts", params={"run": "moves"}, timeout=10)
+    (alert,) = response.json()["alerts"]
+    assert (alert["state"], alert["first_step"], alert["last_step"]) == ("open", 0, 1)
