@@ -1,4 +1,4 @@
-# The trainvitals server (FastAPI + SQLite + dashboard; no torch), as a non-root user with its
+# The trainvitals server (FastAPI + SQLite or PostgreSQL + dashboard; no torch), as a non-root user with its
 # data in the volume /data. Build:  docker build -t trainvitals-server .
 #
 # BASE_IMAGE: any Debian-like image with python3 >= 3.10 and its venv module.
@@ -11,7 +11,7 @@ ARG PIP_OPTIONS=""
 COPY . /src
 RUN python3 -m venv /opt/trainvitals \
  && /opt/trainvitals/bin/pip install --no-cache-dir --disable-pip-version-check \
-        ${PIP_OPTIONS} "/src[server]"
+        ${PIP_OPTIONS} "/src[server,postgres]"
 
 FROM ${BASE_IMAGE}
 # Inside the container the server must listen on every interface so that the published port
