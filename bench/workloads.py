@@ -165,7 +165,8 @@ class TrainVitals(Logger):
         else:
             self.name = "trainvitals + watch(model) → server" if watch else "trainvitals → server"
             self.logs = ("the same, sent; spool on disk (the default)" +
-                         ("; watch(model): hooks on every module" if watch else ""))
+                         ("; watch(model): every module on CUDA, model and gradients on CPU"
+                          if watch else ""))
 
     def setup(self, model: nn.Module, run: str) -> None:
         from trainvitals import Monitor

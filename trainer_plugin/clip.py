@@ -3,10 +3,15 @@
 The comparison stays on the device (``torch.where``), so guarding costs no host sync — unlike
 the ``if`` it replaces. Non-finite losses are handled explicitly: ``NaN > clip`` is False, so
 the original guard lets NaN through; ``inf * 0.0`` is NaN, so it turns +Inf into NaN.
+
+On the CPU, where reading the loss stalls nothing (``trainvitals.trainer_plugin.devices``),
+the guard is the original ``if`` itself: one read instead of three ops and two autograd nodes.
+Only a non-finite loss under ``"zero"`` or ``"raise"`` takes the device path there.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +20,7 @@ import torch
 
 from trainvitals.protocol import ClipEvent
 from trainvitals.protocol.messages import ClipReason
+from trainvitals.trainer_plugin.devices import reads_now
 
 __all__ = ["NonFiniteLossError", "OnNonFinite", "guard_loss", "resolve_clip"]
 
@@ -35,6 +41,12 @@ class GuardSpec:
 
 def guard_loss(raw: torch.Tensor, threshold: float, on_nonfinite: OnNonFinite) -> torch.Tensor:
     """The loss to backpropagate: ``raw * 0.0`` above ``threshold``, else ``raw`` (on device)."""
+    if (reads_now(raw) and raw.numel() == 1 and raw.is_floating_point()
+            and isinstance(threshold, (int, float))):
+        value = raw.item()
+        if on_nonfinite == "pass" or math.isfinite(value):  # the original guard, exactly:
+            over_host = value > _rounded(threshold, raw.dtype)  # torch compares in raw's dtype
+            return raw * 0.0 if over_host else raw
     over = raw > threshold
     used = torch.where(over, raw * 0.0, raw)
     if on_nonfinite == "zero":
@@ -43,6 +55,12 @@ def guard_loss(raw: torch.Tensor, threshold: float, on_nonfinite: OnNonFinite) -
         # A host sync, by the caller's choice: raising needs the value now.
         raise NonFiniteLossError(f"loss is not finite: {raw.detach().cpu().tolist()}")
     return used
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(threshold: float, dtype: torch.dtype) -> float:
+    """``threshold`` as ``loss > threshold`` sees it: rounded to the loss's dtype."""
+    return float(torch.tensor(threshold, dtype=dtype).item())
 
 
 def resolve_clip(

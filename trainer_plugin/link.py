@@ -7,6 +7,11 @@ at most ``window`` records unacknowledged, and forgets records only when the ser
 (a failed commit), it resends from the first unacknowledged record; the server stores each
 record once, so resending is always safe. A fatal error (a server limit) stops delivery and
 leaves the records in the spool for ``trainvitals sync``.
+
+Failover: ``url`` may list several servers, comma-separated (replicas on one database, see
+docs/scaling.md). The link stays on one while its connection lives; when a connect fails or
+the connection is lost it moves to the next, in order and round again, and resends what was
+not acknowledged — the replicas share the database, which stores each record once.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from trainvitals.protocol.transport import (
 from trainvitals.trainer_plugin.backoff import backoff_delays
 from trainvitals.trainer_plugin.spool import Spool
 
-__all__ = ["DeliveryStats", "Link", "ingest_url"]
+__all__ = ["DeliveryStats", "Link", "ingest_url", "ingest_urls"]
 
 log = logging.getLogger("trainvitals")
 Stream = tuple[str, int, str]  # (run, rank, session)
@@ -43,7 +48,8 @@ class DeliveryStats:
 
     ``sent`` counts records sent once, ``resent`` the repeats after a reconnect or a failed
     commit; ``pending`` the records kept in the spool and not yet acknowledged; ``dropped``
-    the records that were never kept (a full queue or spool, or unreadable values).
+    the records that were never kept (a full queue or spool, or unreadable values);
+    ``server`` the ingest URL of the latest connection (one of several, with failover).
     """
 
     submitted: int = 0
@@ -57,6 +63,7 @@ class DeliveryStats:
     resent: int = 0
     pending: int = 0
     spool: str = ""
+    server: str = ""
 
     def copy(self) -> DeliveryStats:
         """An independent snapshot."""
@@ -64,9 +71,23 @@ class DeliveryStats:
 
 
 def ingest_url(server: str | None) -> str | None:
-    """The ingest websocket URL for a server given as ``host:port``, http(s):// or ws(s)://."""
+    """The ingest websocket URL for a server given as ``host:port``, http(s):// or ws(s)://;
+    for several servers, comma-separated, their URLs comma-separated (see ``ingest_urls``)."""
     if not server:
         return None
+    parts = [part.strip() for part in server.split(",")]
+    if not all(parts):
+        raise ValueError(f"server: empty entry in the list {server!r} (expected URLs "
+                         "separated by single commas, e.g. 'http://a:8765,http://b:8765')")
+    return ",".join(_one_ingest_url(part) for part in parts)
+
+
+def ingest_urls(url: str) -> list[str]:
+    """The servers of a (comma-separated) ingest URL, in the order they are tried."""
+    return url.split(",")
+
+
+def _one_ingest_url(server: str) -> str:
     url = server.rstrip("/")
     for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
         if url.startswith(plain):
@@ -85,7 +106,8 @@ class Link:
         max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, window: int = 2048,
         idle_poll: float = 0.05, connect: Callable[..., ClientConnection] = connect,
     ) -> None:
-        self.url, self._token, self._spool, self._stream = url, token, spool, stream
+        self.urls, self._at = ingest_urls(url), 0  # the servers; the one in use (or next)
+        self._token, self._spool, self._stream = token, spool, stream
         self._stats, self._changed = stats, changed
         self._batch, self._max_frame, self._window = batch_size, max_frame_bytes, window
         self._idle, self._connect_fn = idle_poll, connect
@@ -98,6 +120,11 @@ class Link:
         self.stop = threading.Event()
 
     @property
+    def url(self) -> str:
+        """The server in use, or the one tried next."""
+        return self.urls[self._at]
+
+    @property
     def connected(self) -> bool:
         """Whether a connection to the server is open now (a lock-free read)."""
         return self._ws is not None
@@ -108,7 +135,7 @@ class Link:
             while not self.stop.is_set():
                 if self.halted or (self._ws is None and self._spool.pending == 0):
                     self.stop.wait(self._idle)
-                elif self._ws is None and not self._connect():
+                elif self._ws is None and not self._connect_any():
                     self.stop.wait(next(self._delays))
                 else:
                     self._receive(0.0 if self._send() else self._idle)
@@ -119,11 +146,22 @@ class Link:
 
     # ------------------------------------------------------------ connecting
 
+    def _connect_any(self) -> bool:
+        """Try each server once, from the current one; stay on the first that answers."""
+        for _ in self.urls:
+            if self._connect():
+                return True
+            self._next_server()
+        return False
+
+    def _next_server(self) -> None:
+        self._at = (self._at + 1) % len(self.urls)
+
     def _connect(self) -> bool:
         try:
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
             ws = self._connect_fn(self.url, additional_headers=headers, open_timeout=5,
-                                  close_timeout=1, proxy=None, max_size=1 << 20)
+                                  close_timeout=1, proxy=None, max_size=1 << 20, compression=None)
             # Entered as a context manager (left by close()): websockets >= 17.1 warns on the
             # first send of a connection used otherwise, and warnings-as-errors would end us.
             ws.__enter__()
@@ -139,9 +177,18 @@ class Link:
         self._ws, self._next = ws, self._spool.acked + 1  # resend all that is unacknowledged
         self._delays = backoff_delays()
         with self._changed:
-            self._stats.connected = True
+            moved = self._stats.server not in ("", self.url)
+            self._stats.connected, self._stats.server = True, self.url
             self._stats.reconnects += 1
+        if moved:
+            log.warning("trainvitals: failover: now delivering to %s", self.url)
         return True
+
+    def _lost(self, text: str) -> None:
+        """The connection broke: drop it; the next connect tries the next server first."""
+        self._note(f"{text} ({self.url})" if len(self.urls) > 1 else text)
+        self._disconnect()
+        self._next_server()
 
     def _disconnect(self) -> None:
         ws, self._ws = self._ws, None
@@ -171,8 +218,7 @@ class Link:
         try:
             self._ws.send(frame)
         except (WebSocketException, OSError) as exc:
-            self._note(f"send failed: {exc}")
-            self._disconnect()
+            self._lost(f"send failed: {exc}")
             return False
         last = first + len(lines) - 1
         fresh = max(0, last - max(self._sent_up_to, first - 1))
@@ -209,8 +255,7 @@ class Link:
             except TimeoutError:
                 return
             except (WebSocketException, OSError) as exc:
-                self._note(f"connection lost: {exc}")
-                self._disconnect()
+                self._lost(f"connection lost: {exc}")
                 return
             timeout = 0.0
             try:

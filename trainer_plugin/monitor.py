@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import platform
@@ -17,8 +18,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from trainvitals.trainer_plugin.link import ingest_url as _ingest_url
 from trainvitals.trainer_plugin.pending import PendingStep, TensorMeta
 from trainvitals.trainer_plugin.sender import DeliveryStats, make_sender
 from trainvitals.trainer_plugin.staging import StepStaging
-from trainvitals.trainer_plugin.stats import stats_vector
+from trainvitals.trainer_plugin.stats import tensor_stats
 from trainvitals.trainer_plugin.updates import UpdateWatch
 from trainvitals.trainer_plugin.watch import ModuleWatch
 from trainvitals.trainer_plugin.watchset import WatchSet
@@ -44,6 +44,23 @@ Number = torch.Tensor | float | int
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 LATE_ORIGIN_WAIT_S = 5.0  # at close: most to wait for the sender to judge the last steps
+
+
+def _timed(method: F) -> F:
+    """Count the time spent inside a per-step call in ``Monitor.times`` (a plain wrapper: a
+    context manager costs a few µs per call, a large share of a call on the CPU)."""
+
+    @functools.wraps(method)
+    def timed(self: Monitor, *args: Any, **kwargs: Any) -> Any:
+        sender = self._sender
+        offline = sender is None or not sender.connected
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._count_call(time.perf_counter() - start, offline)
+
+    return timed  # type: ignore[return-value]
 
 
 @dataclass
@@ -67,10 +84,12 @@ class Monitor:
 
     ``server=None`` is offline mode: records go only to the spool, for ``trainvitals sync``
     later. ``token`` and ``server`` default to ``$TRAINVITALS_TOKEN`` and
-    ``$TRAINVITALS_SERVER``. ``spool`` is the directory that keeps records until the server
-    acknowledges them (default ``$TRAINVITALS_SPOOL`` or ``~/.cache/trainvitals/spool``;
-    ``None`` keeps them in memory; ``server=None, spool=None`` turns everything off), at most
-    ``spool_bytes``. ``close()`` waits at most ``close_timeout`` seconds for the server.
+    ``$TRAINVITALS_SERVER``; several servers, comma-separated (replicas on one database), are
+    tried in order, moving to the next when one fails (failover). ``spool`` is the directory
+    that keeps records until the server acknowledges them (default ``$TRAINVITALS_SPOOL`` or
+    ``~/.cache/trainvitals/spool``; ``None`` keeps them in memory; ``server=None, spool=None``
+    turns everything off), at most ``spool_bytes``. ``close()`` waits at most
+    ``close_timeout`` seconds for the server.
     Rank and world size default to the ``RANK`` / ``WORLD_SIZE`` environment variables that
     torchrun and Accelerate set, else to an initialised ``torch.distributed`` (``mp.spawn``). Call
     ``close()`` (or use ``with Monitor(...)``) at the end; an atexit hook closes a forgotten one.
@@ -108,17 +127,18 @@ class Monitor:
 
     # ------------------------------------------------------------------ per-step calls
 
+    @_timed
     def tensor(self, name: str, t: torch.Tensor, *, feeds_exp: bool = False) -> None:
         """Record statistics of ``t`` for this step (computed on its device, no host sync).
 
         ``feeds_exp=True`` marks a pre-activation that goes into ``exp``: its headroom to
         overflow for its dtype is recorded too.
         """
-        with self._timed():
-            check_name(name)
-            self._staging.add(f"t/{name}", stats_vector(t))
-            self._tensors[name] = TensorMeta(t.numel(), t.dtype, feeds_exp)
+        _checked(name)
+        self._staging.add(f"t/{name}", tensor_stats(t))
+        self._tensors[name] = TensorMeta(t.numel(), t.dtype, feeds_exp)
 
+    @_timed
     def clip_guard(
         self, loss: torch.Tensor, threshold: float,
         components: Mapping[str, Number] | None = None, *, on_nonfinite: OnNonFinite = "pass",
@@ -130,14 +150,14 @@ class Monitor:
         NaN); ``"zero"`` returns 0 for NaN/±Inf; ``"raise"`` raises ``NonFiniteLossError``
         (this one reads the loss on the host). The event is sent with the next ``log_step``.
         """
-        with self._timed():
-            used = guard_loss(loss, threshold, on_nonfinite)
-            self._staging.add("g/raw", loss)
-            self._staging.add("g/used", used)
-            names = self._stage_map("gc", components)
-            self._guard = (GuardSpec(float(threshold), on_nonfinite), names)
-            return used
+        used = guard_loss(loss, threshold, on_nonfinite)
+        self._staging.add("g/raw", loss)
+        self._staging.add("g/used", used)
+        names = self._stage_map("gc", components)
+        self._guard = (GuardSpec(float(threshold), on_nonfinite), names)
+        return used
 
+    @_timed
     def log_step(
         self, step: int, *, loss: Number | None = None, loss_used: Number | None = None,
         components: Mapping[str, Number] | None = None, grad_norm: Number | None = None,
@@ -151,37 +171,40 @@ class Monitor:
         (what ``clip_grad_norm_`` returns). After ``clip_guard``, loss and loss_used default
         to what the guard saw and returned.
         """
-        with self._timed():
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise TypeError(f"step must be an int, got {type(step).__name__}")
-            for key, value in (("loss", loss), ("loss_used", loss_used), ("grad_norm", grad_norm),
-                               ("grad_norm_post", grad_norm_post), ("lr", lr)):
-                if value is not None:
-                    self._staging.add(key, _scalar(key, value))
-            component_names = self._stage_map("c", components)
-            scalar_names = self._stage_map("s", scalars)
-            self._seq += 1
-            watched = self._watches.seal(step)  # before the staging is sealed: it stages too
-            pending = PendingStep(
-                run=self.run, session=self.session, rank=self.rank, seq=self._seq, step=step,
-                time=time.time(), values=self._staging.seal(), tensors=self._tensors,
-                components=component_names, scalars=scalar_names, guard=self._guard,
-                watch=watched,
-            )
-            self._tensors, self._guard = {}, None
-            self._send(pending)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        for key, value in (("loss", loss), ("loss_used", loss_used), ("grad_norm", grad_norm),
+                           ("grad_norm_post", grad_norm_post), ("lr", lr)):
+            if value is not None:
+                self._staging.add(key, _scalar(key, value))
+        component_names = self._stage_map("c", components)
+        scalar_names = self._stage_map("s", scalars)
+        self._seq += 1
+        watched = self._watches.seal(step)  # before the staging is sealed: it stages too
+        pending = PendingStep(
+            run=self.run, session=self.session, rank=self.rank, seq=self._seq, step=step,
+            time=time.time(), values=self._staging.seal(), tensors=self._tensors,
+            components=component_names, scalars=scalar_names, guard=self._guard,
+            watch=watched,
+        )
+        self._tensors, self._guard = {}, None
+        self._send(pending)
 
     # ------------------------------------------------------------------ watches
 
     def watch(self, model: torch.nn.Module, *, name: str = "model", op_trace: bool = False,
               trace_window: int = 4) -> ModuleWatch:
-        """Find where NaN/Inf start: hooks on every module and parameter of ``model``.
+        """Find where NaN/Inf start: hooks on ``model``, its modules and its parameters.
 
-        Every step, each module's inputs and output and each gradient are reduced on the
-        device; when an output of ``model`` or a gradient goes non-finite, the step record
-        names the first module (execution order) whose output went non-finite from finite
-        inputs and the first parameter (backward order) with a non-finite gradient.
-        ``op_trace=True`` keeps references to the last ``trace_window`` steps' inputs and,
+        When an output of ``model`` or a gradient goes non-finite, the step record names the
+        first module (execution order) whose output went non-finite from finite inputs and the
+        first parameter (backward order) with a non-finite gradient. On CUDA every module's
+        inputs and outputs and every gradient are reduced on the device every step; on the
+        CPU only the model's inputs, outputs and gradients are checked every step, and a step
+        that starts a run of non-finite steps is re-run at once with every module hooked
+        (same RNG state, no gradients, buffers put back; a forward with other side effects
+        makes them twice). ``op_trace=True`` keeps references to the last ``trace_window``
+        steps' inputs and,
         once per run, re-runs the first such step's forward under an op tracer to name the op
         and source line. ``remove()`` on the result takes the hooks off.
         """
@@ -196,14 +219,14 @@ class Monitor:
         ``lr/group<i>``. ``every=k`` measures every k-th optimizer step only."""
         return self._watches.watch_optimizer(optimizer, model, every=every)
 
+    @_timed
     def denominator(self, name: str, value: Number, *, valid_count: Number | None = None,
                     eps: float = 1e-6) -> None:
         """Record a normalisation denominator (smallest |value|) and, optionally, valid-pixel
         counts per sample, for the server's degenerate-normalisation alert (no sync)."""
-        with self._timed():
-            for key, item in denominator_scalars(check_name(name), value, valid_count,
-                                                 eps).items():
-                self._watches.scalar(key, item)
+        for key, item in denominator_scalars(check_name(name), value, valid_count,
+                                             eps).items():
+            self._watches.scalar(key, item)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -267,24 +290,28 @@ class Monitor:
         if not values:
             return ()
         for name, value in values.items():
-            check_name(name)
+            _checked(name)
             self._staging.add(f"{prefix}/{name}", _scalar(name, value))
         return tuple(values)
 
-    @contextmanager
-    def _timed(self) -> Iterator[None]:
-        offline = self._sender is None or not self._sender.connected
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            spent = time.perf_counter() - start
-            self.times.calls += 1
-            self.times.total_s += spent
-            self.times.max_s = max(self.times.max_s, spent)
-            if offline or self._sender is None or not self._sender.connected:
-                self.times.offline_calls += 1
-                self.times.offline_max_s = max(self.times.offline_max_s, spent)
+    def _count_call(self, spent: float, offline: bool) -> None:
+        times = self.times
+        times.calls += 1
+        times.total_s += spent
+        times.max_s = max(times.max_s, spent)
+        if offline or self._sender is None or not self._sender.connected:
+            times.offline_calls += 1
+            times.offline_max_s = max(times.offline_max_s, spent)
+
+
+def _checked(name: str) -> str:
+    """``check_name``, remembered for the few names a training loop repeats every step."""
+    return _valid_name(name) if type(name) is str else check_name(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_name(name: str) -> str:
+    return check_name(name)  # a bad name raises and is not remembered
 
 
 def _scalar(name: str, value: Number) -> Number:

@@ -25,7 +25,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,8 @@ from torch.overrides import TorchFunctionMode
 
 from trainvitals.protocol.messages import NonFiniteKind
 
-__all__ = ["CallRecorder", "OpFinding", "OpTracer", "RecordedCall", "leaves", "trace_call"]
+__all__ = ["CallRecorder", "OpFinding", "OpTracer", "RecordedCall", "leaves", "record_call",
+           "rerun", "trace_call"]
 
 MAX_CALLS_PER_STEP = 16  # root forwards kept per step (gradient accumulation micro-batches)
 _SKIPPED_DIRS = (os.path.dirname(torch.__file__) + os.sep,
@@ -63,12 +64,15 @@ class CallRecorder:
 
     def record(self, step_index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Keep this root call of step ``step_index`` (no device work, no copy of the data)."""
+        self.keep(step_index, record_call(args, kwargs))
+
+    def keep(self, step_index: int, call: RecordedCall) -> None:
+        """Keep an already recorded root call of step ``step_index``."""
         calls = self._steps.setdefault(step_index, [])
         while len(self._steps) > self.window:
             self._steps.popitem(last=False)
         if len(calls) < MAX_CALLS_PER_STEP:
-            calls.append(RecordedCall(_detached(args), _detached(kwargs), torch.get_rng_state(),
-                                      _cuda_rng(), _autocast()))
+            calls.append(call)
 
     def get(self, step_index: int, call: int) -> RecordedCall | None:
         """The ``call``-th root forward of step ``step_index``, if still kept."""
@@ -117,12 +121,27 @@ class OpTracer(TorchFunctionMode):
         return out
 
 
+def record_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RecordedCall:
+    """A root forward's inputs (detached references) and its random and autocast state."""
+    return RecordedCall(_detached(args), _detached(kwargs), torch.get_rng_state(), _cuda_rng(),
+                        _autocast())
+
+
 def trace_call(model: torch.nn.Module, call: RecordedCall,
                current_module: Callable[[], int | None]) -> OpFinding | None:
     """Re-run ``call`` on ``model`` under ``OpTracer``; see the module docstring."""
+    tracer = OpTracer(current_module)
+    with suppress(_Found):  # the tracer stops the re-run at its finding
+        rerun(model, call, tracer)
+    return tracer.found
+
+
+def rerun(model: torch.nn.Module, call: RecordedCall,
+          mode: AbstractContextManager[Any] | None = None) -> None:
+    """Run ``call``'s forward again (inside ``mode``, if given) with its RNG state and autocast
+    settings, under ``no_grad``, putting back the buffers and the training's RNG state after."""
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     devices = list(range(len(call.cuda_rng)))
-    tracer = OpTracer(current_module)
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), ExitStack() as stack:
             torch.set_rng_state(call.cpu_rng)
@@ -130,15 +149,13 @@ def trace_call(model: torch.nn.Module, call: RecordedCall,
                 torch.cuda.set_rng_state_all(list(call.cuda_rng))
             for device_type, dtype in call.autocast:
                 stack.enter_context(torch.autocast(device_type, dtype=dtype))
-            with tracer:
-                model(*call.args, **call.kwargs)
-    except _Found:
-        pass
+            if mode is not None:
+                stack.enter_context(mode)
+            model(*call.args, **call.kwargs)
     finally:
         with torch.no_grad():
             for buffer, copy in saved:
                 buffer.copy_(copy)
-    return tracer.found
 
 
 def leaves(obj: Any) -> Iterator[torch.Tensor]:

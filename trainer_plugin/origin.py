@@ -1,8 +1,9 @@
 """Host side of ``Monitor.watch``: from one step's watch values to where non-finite values began.
 
-Runs on the sender thread, on plain floats that arrived with the step's single transfer. Each
-value is max |x| of one tensor (``vector_norm(x, inf)``), so it is NaN when the tensor held a
-NaN, +Inf when it held ±Inf (and no NaN), and finite otherwise.
+Runs on the sender thread, on plain floats that arrived with the step's single transfer (or
+were read at once, on the CPU: ``trainvitals.trainer_plugin.watchhost``). Each value is max |x|
+of one tensor, so it is NaN when the tensor held a NaN, +Inf when it held ±Inf (and no NaN),
+and finite otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class WatchFrame:
     input values, number of output values); the values follow the same order, then one value
     per gradient in ``grads`` (parameter indices, backward order). ``parts`` says where the
     values were staged: one key per device, with the positions it holds (``None``: all, in
-    order).
+    order); ``host`` holds the values themselves when they were read at once (the CPU path).
     """
 
     names: tuple[str, ...]
@@ -37,9 +38,17 @@ class WatchFrame:
     grads: tuple[int, ...]
     parts: tuple[tuple[str, tuple[int, ...] | None], ...]
     width: int
+    host: tuple[float, ...] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the model ran forward or backward since the last step."""
+        return bool(self.calls or self.grads)
 
     def values(self, staged: dict[str, list[float]]) -> list[float]:
         """The frame's values in recording order, gathered from the staged host copies."""
+        if self.host is not None:
+            return list(self.host)
         if len(self.parts) == 1 and self.parts[0][1] is None:
             return staged[self.parts[0][0]]
         out = [math.nan] * self.width

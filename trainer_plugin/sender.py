@@ -3,9 +3,10 @@
 Training threads only ``submit()``: a non-blocking put into a bounded queue (when it is full
 the item is dropped and counted — the step never waits). Two daemon threads do the rest:
 
-* the **collector** takes items from the queue, builds records (waiting for device values is
-  fine here), and appends them to the stream's ``Spool``, which numbers, validates and keeps
-  them. It never touches the network, so a slow or absent server never fills the queue.
+* the **collector** takes items from the queue (all that are waiting, at once), builds records
+  (waiting for device values is fine here), and appends them to the stream's ``Spool`` in one
+  write; the spool numbers, validates and keeps them. It never touches the network, so a slow
+  or absent server never fills the queue.
 * the **sender** (``Link``) delivers the spool to the server and resends what was not
   acknowledged. Without a server (offline mode) there is no sender: the spool is the result,
   uploaded later with ``trainvitals sync``.
@@ -38,6 +39,7 @@ __all__ = ["DeliveryStats", "Sender", "Submittable", "default_spool_dir", "make_
 log = logging.getLogger("trainvitals")
 _STOP = object()
 COLLECT_GRACE = 2.0  # seconds close() always allows the collector to spool what is queued
+COLLECT_BATCH = 256  # items the collector takes from the queue at once
 
 
 class Submittable(Protocol):
@@ -148,29 +150,44 @@ class Sender:
 
     def _collect(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
+            batch = self._take()
+            stop = next((i for i, item in enumerate(batch) if item is _STOP), None)
+            items = batch if stop is None else batch[:stop]
             try:
-                self._keep(item)
+                self._keep(items)
             except Exception:  # a bug here must not take the training process down
-                log.exception("trainvitals: could not keep a record; dropping it")
-                self._dropped("internal error")
+                log.exception("trainvitals: could not keep records; dropping them")
+                for _ in items:
+                    self._dropped("internal error")
             with self._changed:
-                self._taken += 1
+                self._taken += len(items)
                 self._changed.notify_all()
+            if stop is not None:
+                return
 
-    def _keep(self, item: object) -> None:
-        try:
-            record: Record = item.build() if hasattr(item, "build") else item  # type: ignore[assignment]
-        except Exception:
-            log.exception("trainvitals: could not read a step's values; dropping that step")
-            self._dropped("")
-            return
-        try:
-            self.spool.append(record, essential=isinstance(record, (RunStart, RunEnd)))
-        except SpoolRefused as exc:
-            self._dropped(str(exc))
+    def _take(self) -> list[object]:
+        """The next item (waiting for it), and whatever else is queued, up to a batch: it is
+        spooled with one file write, and the GIL changes hands once for all of it."""
+        batch = [self._queue.get()]
+        while len(batch) < COLLECT_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _keep(self, items: list[object]) -> None:
+        records: list[Record] = []
+        for item in items:
+            try:
+                records.append(item.build() if hasattr(item, "build") else item)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("trainvitals: could not read a step's values; dropping that step")
+                self._dropped("")
+        kept = self.spool.append_many([(r, isinstance(r, (RunStart, RunEnd))) for r in records])
+        for outcome in kept:
+            if isinstance(outcome, SpoolRefused):
+                self._dropped(str(outcome))
 
     def _dropped(self, reason: str) -> None:
         with self._changed:
@@ -197,7 +214,8 @@ class Sender:
                         "(the spool was kept in memory)", stats.pending, run)
             return
         where = self.spool.directory
-        server = (self.url or "").removesuffix("/ws/ingest") or "ws://HOST:PORT"
+        server = ",".join(u.removesuffix("/ws/ingest") for u in (self.url or "").split(",")
+                          if u) or "ws://HOST:PORT"
         why = ("recorded offline" if self.url is None else
                f"not acknowledged by {server} within {timeout:g} s"
                + (f" ({stats.last_error})" if stats.last_error else ""))

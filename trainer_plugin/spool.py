@@ -4,8 +4,11 @@ Every record goes through the spool, whether the server is up, slow, down or abs
 gives it its ``seq`` (so a record that is refused never takes a number, and a stream has no
 gaps), validates it with the protocol decoder, and appends it as one JSON line to a segment file
 ``<run>.r<rank>.<session>.<first seq>.jsonl``. The sender reads from the spool and resends from
-the last acknowledged record after a reconnect; segments are deleted once acknowledged. What is
-left when the process ends is what ``trainvitals sync`` uploads.
+the last acknowledged record after a reconnect; segments are deleted once acknowledged — the
+one being written when it is full or the spool closes, so that quick acks do not make a file
+per record (after a crash it may hold records the server has: sync resends them, the server
+stores each once). What is left when the process ends is what ``trainvitals sync`` uploads.
+The collector appends what it has in one go (``append_many``: one write and flush).
 
 Bounded: a record that would push the files past ``max_bytes`` is refused (run start and end
 records, which are small, always fit). With ``directory=None`` the segments live in memory.
@@ -21,9 +24,9 @@ import dataclasses
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from trainvitals.protocol import ProtocolError, Record, decode, encode
 from trainvitals.protocol.transport import BATCH_OVERHEAD_BYTES
@@ -69,6 +72,7 @@ class Spool:
         self._segments: list[_Segment] = []
         self._writing: _Segment | None = None
         self._handle: TextIO | None = None  # the open file of ``_writing`` (file mode)
+        self._reader: BinaryIO | None = None  # the file read last (file mode)
         # (seq, file, byte offset) where the last read stopped
         self._cursor: tuple[int, Path | None, int] = (-1, None, 0)
         self._lock = threading.Lock()
@@ -100,28 +104,45 @@ class Spool:
 
     def append(self, record: Record, *, essential: bool = False) -> Record:
         """Number, validate and keep ``record``; the numbered record, or ``SpoolRefused``."""
+        (kept,) = self.append_many([(record, essential)])
+        if isinstance(kept, SpoolRefused):
+            raise kept
+        return kept
+
+    def append_many(self, items: Sequence[tuple[Record, bool]]) -> list[Record | SpoolRefused]:
+        """``append`` for several ``(record, essential)`` pairs at once, with one write to the
+        file: for each, the numbered record or why it was refused, in order."""
         with self._lock:
-            if self.closed:
-                raise SpoolRefused("the monitor was closed")
-            numbered = dataclasses.replace(record, seq=self.next_seq)
-            line = encode(numbered)
-            size = len(line.encode("utf-8", "surrogatepass")) + 1
-            if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
-                raise SpoolRefused(f"record of {size} bytes is larger than a frame may be "
-                                   f"({self.max_record_bytes} bytes)")
-            try:
-                decode(line)
-            except ProtocolError as exc:  # the server would refuse it: keep the stream clean
-                raise SpoolRefused(f"record the server would refuse: {exc}") from None
-            if not essential and self.size + size > self.max_bytes:
-                raise SpoolRefused(f"spool full ({self.max_bytes} bytes)")
-            self._write(line, size)
-            self.next_seq += 1
-            return numbered
+            kept = [self._append(record, essential) for record, essential in items]
+            if self._handle is not None:
+                self._handle.flush()  # survives a killed process (not a power loss: no fsync)
+            return kept
+
+    def _append(self, record: Record, essential: bool) -> Record | SpoolRefused:
+        if self.closed:
+            return SpoolRefused("the monitor was closed")
+        numbered = dataclasses.replace(record, seq=self.next_seq)
+        line = encode(numbered)
+        size = len(line.encode("utf-8", "surrogatepass")) + 1
+        if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
+            return SpoolRefused(f"record of {size} bytes is larger than a frame may be "
+                                f"({self.max_record_bytes} bytes)")
+        try:
+            decode(line)
+        except ProtocolError as exc:  # the server would refuse it: keep the stream clean
+            return SpoolRefused(f"record the server would refuse: {exc}")
+        if not essential and self.size + size > self.max_bytes:
+            return SpoolRefused(f"spool full ({self.max_bytes} bytes)")
+        self._write(line, size)
+        self.next_seq += 1
+        return numbered
 
     def _write(self, line: str, size: int) -> None:
         seg = self._writing
         if seg is None or seg.size >= self._segment_bytes:
+            if seg is not None and seg.last <= self.acked:  # kept only to be written on
+                self._segments.remove(seg)
+                self._drop(seg)
             self._close_handle()
             seg = _Segment(self.next_seq)
             if self.directory is None:
@@ -134,8 +155,7 @@ class Spool:
         if seg.lines is not None:
             seg.lines.append(line)
         elif self._handle is not None:
-            self._handle.write(line + "\n")
-            self._handle.flush()  # survives a killed process (not a power loss: no fsync)
+            self._handle.write(line + "\n")  # flushed by append_many, once per batch
         seg.count += 1
         seg.size += size
 
@@ -164,20 +184,29 @@ class Spool:
             yield from seg.lines[start - seg.first:]
             return
         assert seg.path is not None
-        with seg.path.open("rb") as f:
-            if self._cursor[:2] == (start, seg.path):
-                f.seek(self._cursor[2])
-            else:
-                for _ in range(start - seg.first):
-                    f.readline()
-            seq = start
-            while True:
-                self._cursor = (seq, seg.path, f.tell())
-                raw = f.readline()
-                if not raw.endswith(b"\n"):  # end of file (or a line cut by a killed writer)
-                    return
-                yield raw[:-1].decode("utf-8", "surrogatepass")
-                seq += 1
+        f = self._reader_of(seg.path)
+        if self._cursor[:2] == (start, seg.path):
+            f.seek(self._cursor[2])
+        else:
+            f.seek(0)
+            for _ in range(start - seg.first):
+                f.readline()
+        seq = start
+        while True:
+            self._cursor = (seq, seg.path, f.tell())
+            raw = f.readline()
+            if not raw.endswith(b"\n"):  # end of file (or a line cut by a killed writer)
+                return
+            yield raw[:-1].decode("utf-8", "surrogatepass")
+            seq += 1
+
+    def _reader_of(self, path: Path) -> BinaryIO:
+        """An open handle on ``path`` for reading, kept from one read to the next (the sender
+        reads the file being written after every few records)."""
+        if self._reader is None or self._reader.name != str(path):
+            self._close_reader()
+            self._reader = path.open("rb")
+        return self._reader
 
     def ack(self, seq: int) -> None:
         """The server has every record up to ``seq``: forget those, delete their segments."""
@@ -186,6 +215,10 @@ class Spool:
                 return
             self.acked = min(seq, self.next_seq - 1)
             while self._segments and self._segments[0].last <= self.acked:
+                if self._segments[0] is self._writing and self._writing.path is not None:
+                    # The file being written stays until it is full (or the spool closes):
+                    # deleting it here would mean a new file per record when acks are quick.
+                    break
                 self._drop(self._segments.pop(0))
 
     def _drop(self, seg: _Segment) -> None:
@@ -193,8 +226,11 @@ class Spool:
             self._close_handle()
             self._writing = None
         if seg.path is not None:
+            if self._reader is not None and self._reader.name == str(seg.path):
+                self._close_reader()
             seg.path.unlink(missing_ok=True)
-        self._cursor = (-1, None, 0)
+        if self._cursor[1] == seg.path:
+            self._cursor = (-1, None, 0)
 
     # ------------------------------------------------------------ both
 
@@ -218,6 +254,7 @@ class Spool:
         with self._lock:
             self.closed = True
             self._close_handle()
+            self._close_reader()
             self._writing = None
             if self.pending == 0:
                 for seg in self._segments:
@@ -235,6 +272,11 @@ class Spool:
         if handle is not None:
             with contextlib.suppress(OSError):
                 handle.close()
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 def spool_files(path: Path) -> dict[str, list[Path]]:

@@ -4,14 +4,21 @@ During a step, values (0-d tensors such as the loss, and ``stats_vector`` output
 a ``StepStaging``. ``seal()`` concatenates them per device and starts one copy to the host:
 on CUDA a non-blocking copy into pinned memory followed by an event, so the training stream is
 never synchronised. The sender thread later calls ``PendingValues.wait()`` and reads floats.
+
+Values on a device where reading stalls nothing (the CPU, see
+``trainvitals.trainer_plugin.devices``) are read when added, like numbers: one ``.item()``
+costs less than the copy, concatenation and later read it replaces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from trainvitals.trainer_plugin.devices import reads_now
 
 __all__ = ["PendingValues", "StepStaging"]
 
@@ -29,7 +36,7 @@ class PendingValues:
     slots: dict[str, tuple[int, int, int]]  # key -> (group index, offset, width)
     host: list[torch.Tensor]
     events: list[Any]  # torch.cuda.Event | None per group
-    constants: dict[str, float]
+    constants: dict[str, list[float]]
 
     def wait(self) -> dict[str, list[float]]:
         """Every staged value as Python floats, keyed as staged."""
@@ -37,7 +44,7 @@ class PendingValues:
             if event is not None:
                 event.synchronize()
         groups = [h.tolist() for h in self.host]
-        out = {key: [value] for key, value in self.constants.items()}
+        out = dict(self.constants)
         for key, (group, offset, width) in self.slots.items():
             out[key] = groups[group][offset:offset + width]
         return out
@@ -52,17 +59,24 @@ class StepStaging:
     def _reset(self) -> None:
         self._groups: dict[torch.device, _DeviceGroup] = {}
         self._slots: dict[str, tuple[torch.device, int, int]] = {}
-        self._constants: dict[str, float] = {}
+        self._constants: dict[str, list[float]] = {}
 
     def __len__(self) -> int:
         return len(self._slots) + len(self._constants)
 
-    def add(self, key: str, value: torch.Tensor | float | int) -> None:
-        """Stage a number or a 1-D/0-d tensor under ``key`` (a later add replaces it)."""
+    def add(self, key: str, value: torch.Tensor | float | int | Sequence[float]) -> None:
+        """Stage a number, numbers, or a 1-D/0-d tensor under ``key`` (a later add replaces
+        it). A tensor's values are taken now, whatever happens to it before ``seal()``."""
         self._slots.pop(key, None)
         self._constants.pop(key, None)
         if not isinstance(value, torch.Tensor):
-            self._constants[key] = float(value)
+            self._constants[key] = ([float(value)] if isinstance(value, (int, float))
+                                    else [float(v) for v in value])
+            return
+        if reads_now(value):
+            # float(): a bool or an int becomes what the float64 copy would have made of it.
+            self._constants[key] = ([float(value.item())] if value.numel() == 1
+                                    else [float(v) for v in value.detach().reshape(-1).tolist()])
             return
         flat = value.detach().reshape(-1)
         group = self._groups.setdefault(flat.device, _DeviceGroup())

@@ -22,13 +22,17 @@ from typing import Any
 import torch
 
 from trainvitals.trainer_plugin.optrace import leaves
+from trainvitals.trainer_plugin.staging import StepStaging
+from trainvitals.trainer_plugin.watch import ModuleWatch
 
 __all__ = ["WatchCost", "time_watch"]
 
 
 @dataclass(frozen=True)
 class WatchCost:
-    """Seconds per step without and with the watch, and what was hooked."""
+    """Seconds per step without and with the watch, what was hooked, and the values it
+    records per step (on the CPU: the model's outputs and the gradients; on the device: every
+    module's inputs and outputs, and the gradients)."""
 
     plain_s: float
     watched_s: float
@@ -74,10 +78,10 @@ def _step(model: torch.nn.Module, args: tuple[Any, ...]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def _values_per_step(watch: Any, model: torch.nn.Module, args: tuple[Any, ...]) -> int:
+def _values_per_step(watch: ModuleWatch, model: torch.nn.Module, args: tuple[Any, ...]) -> int:
     _step(model, args)
-    count = len(watch._values) + len(watch._grad_values)
-    watch._reset()
+    count = watch.recorded()
+    watch.seal(StepStaging(), "count")  # nothing staged is read: it only empties the watch
     return count
 
 

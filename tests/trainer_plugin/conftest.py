@@ -12,6 +12,7 @@ import pytest
 
 from trainvitals import Monitor
 from trainvitals.server import ServerThread, Settings
+from trainvitals.trainer_plugin import devices
 
 TOKEN = "plugin-token-for-tests"
 
@@ -91,3 +92,12 @@ def rest() -> Callable[..., Any]:
         return response.json()
 
     return get
+
+
+@pytest.fixture(params=["cpu rules", "cuda rules"])
+def rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice on the same CPU tensors: with the CPU's shortcuts (values read at
+    once) and with CUDA's rules (every value stays on the device until the step's transfer)."""
+    if request.param == "cuda rules":
+        monkeypatch.setattr(devices, "READ_NOW", frozenset())
+    return str(request.param)

@@ -1,4 +1,7 @@
-"""The loss guard: same result as ``if loss > clip: loss = loss * 0.0``, computed on the device."""
+"""The loss guard: same result as ``if loss > clip: loss = loss * 0.0``, computed on the device.
+
+The guard tests run twice (the ``rules`` fixture): with the CPU's shortcut (the ``if`` itself,
+on a value read at once) and with CUDA's rules (``torch.where`` on the device)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def leaf(value: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("value", TABLE)
-def test_pass_mode_matches_the_original_guard_value_and_gradient(value: float,
+def test_pass_mode_matches_the_original_guard_value_and_gradient(rules: str, value: float,
                                                                  dtype: torch.dtype) -> None:
     ours_in, theirs_in = leaf(value, dtype), leaf(value, dtype)
     ours = guard_loss(ours_in, THRESHOLD, "pass")
@@ -44,7 +47,20 @@ def test_pass_mode_matches_the_original_guard_value_and_gradient(value: float,
     torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=0, atol=0, equal_nan=True)
 
 
-def test_above_threshold_is_zero_with_zero_gradient_through_the_graph() -> None:
+@pytest.mark.parametrize(("dtype", "threshold", "value"), [
+    (torch.float32, 0.1, 0.1),  # the loss is float32(0.1), just above the float 0.1
+    (torch.bfloat16, 10.05, 10.0625),  # 10.05 rounds up to bfloat16's 10.0625
+    (torch.float16, 1e6, 65504.0),  # the threshold overflows float16: never above
+    (torch.float16, 65504.5, 65504.0),
+])
+def test_the_threshold_is_compared_in_the_losss_dtype_like_the_original(
+        rules: str, dtype: torch.dtype, threshold: float, value: float) -> None:
+    ours, theirs = leaf(value, dtype), leaf(value, dtype)
+    torch.testing.assert_close(guard_loss(ours, threshold, "pass"),
+                               original_guard(theirs, threshold), rtol=0, atol=0)
+
+
+def test_above_threshold_is_zero_with_zero_gradient_through_the_graph(rules: str) -> None:
     w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     x = torch.tensor([4.0, 5.0, 6.0])
     used = guard_loss((w * x).sum(), THRESHOLD, "pass")  # 32 > 10
@@ -53,7 +69,7 @@ def test_above_threshold_is_zero_with_zero_gradient_through_the_graph() -> None:
     assert w.grad is not None and w.grad.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_below_threshold_is_unchanged_with_its_gradient() -> None:
+def test_below_threshold_is_unchanged_with_its_gradient(rules: str) -> None:
     w = torch.tensor([0.5, 0.5], requires_grad=True)
     x = torch.tensor([2.0, 3.0])
     raw = (w * x).sum()  # 2.5
@@ -63,7 +79,8 @@ def test_below_threshold_is_unchanged_with_its_gradient() -> None:
     assert w.grad is not None and w.grad.tolist() == [2.0, 3.0]
 
 
-def test_pass_mode_lets_nan_through_and_turns_posinf_into_nan_like_inf_times_zero() -> None:
+def test_pass_mode_lets_nan_through_and_turns_posinf_into_nan_like_inf_times_zero(
+        rules: str) -> None:
     assert math.isnan(guard_loss(leaf(NAN), THRESHOLD, "pass").item())
     posinf = guard_loss(leaf(INF), THRESHOLD, "pass")
     assert math.isnan(posinf.item())
@@ -72,7 +89,7 @@ def test_pass_mode_lets_nan_through_and_turns_posinf_into_nan_like_inf_times_zer
 
 
 @pytest.mark.parametrize("value", [NAN, INF, -INF, 20.0])
-def test_zero_mode_returns_zero_with_a_finite_zero_gradient(value: float) -> None:
+def test_zero_mode_returns_zero_with_a_finite_zero_gradient(rules: str, value: float) -> None:
     raw = leaf(value)
     used = guard_loss(raw, THRESHOLD, "zero")
     assert used.item() == 0.0
@@ -80,7 +97,7 @@ def test_zero_mode_returns_zero_with_a_finite_zero_gradient(value: float) -> Non
     assert raw.grad is not None and raw.grad.item() == 0.0
 
 
-def test_zero_mode_keeps_finite_losses_below_the_threshold() -> None:
+def test_zero_mode_keeps_finite_losses_below_the_threshold(rules: str) -> None:
     raw = leaf(3.0)
     used = guard_loss(raw, THRESHOLD, "zero")
     torch.autograd.backward(used)
@@ -88,13 +105,13 @@ def test_zero_mode_keeps_finite_losses_below_the_threshold() -> None:
 
 
 @pytest.mark.parametrize("value", [NAN, INF, -INF])
-def test_raise_mode_raises_on_nonfinite(value: float) -> None:
+def test_raise_mode_raises_on_nonfinite(rules: str, value: float) -> None:
     with pytest.raises(NonFiniteLossError, match="loss is not finite"):
         guard_loss(leaf(value), THRESHOLD, "raise")
     assert issubclass(NonFiniteLossError, FloatingPointError)
 
 
-def test_raise_mode_guards_finite_losses_like_pass() -> None:
+def test_raise_mode_guards_finite_losses_like_pass(rules: str) -> None:
     assert guard_loss(leaf(20.0), THRESHOLD, "raise").item() == 0.0
     assert guard_loss(leaf(2.0), THRESHOLD, "raise").item() == 2.0
 
@@ -128,7 +145,7 @@ def test_resolve_clip(raw: float, mode: Any, expected: tuple[str, str] | None) -
     assert event.raw == raw or (math.isnan(event.raw) and math.isnan(raw))
 
 
-def test_nan_threshold_never_fires_on_finite_losses() -> None:
+def test_nan_threshold_never_fires_on_finite_losses(rules: str) -> None:
     assert resolve_clip(1e9, GuardSpec(NAN, "pass"), {}) is None
     assert guard_loss(leaf(1e9), NAN, "pass").item() == 1e9
 
@@ -152,7 +169,7 @@ def test_monitor_without_server_is_a_no_op_sender(offline: Monitor) -> None:
 
 @pytest.mark.parametrize("mode", ["pass", "zero", "raise"])
 @pytest.mark.parametrize("value", [0.5, 10.0, 25.0, -3.0])
-def test_monitor_clip_guard_returns_the_guarded_loss(offline: Monitor, value: float,
+def test_monitor_clip_guard_returns_the_guarded_loss(rules: str, offline: Monitor, value: float,
                                                      mode: Any) -> None:
     w = torch.tensor(value, requires_grad=True)
     raw = w * 1.0
@@ -164,7 +181,7 @@ def test_monitor_clip_guard_returns_the_guarded_loss(offline: Monitor, value: fl
     offline.log_step(0)
 
 
-def test_monitor_clip_guard_nonfinite_modes(offline: Monitor) -> None:
+def test_monitor_clip_guard_nonfinite_modes(rules: str, offline: Monitor) -> None:
     assert math.isnan(offline.clip_guard(torch.tensor(NAN), THRESHOLD).item())
     assert math.isnan(offline.clip_guard(torch.tensor(INF), THRESHOLD).item())
     assert offline.clip_guard(torch.tensor(INF), THRESHOLD, on_nonfinite="zero").item() == 0.0

@@ -3,8 +3,11 @@
 Without a GPU, a ``TorchFunctionMode`` on the training thread records, while the Monitor's
 per-step calls run, every call that reads a tensor's value on the host, and every call that
 copies host data to a device (``torch.tensor(..., device=d)``, ``.to(d)``, ``.cuda()``: on
-CUDA a blocking copy that waits for the whole stream). The code is device-agnostic, so a call
-seen here with a CPU device is the same call with a CUDA device on a GPU.
+CUDA a blocking copy that waits for the whole stream). The code makes one device-dependent
+choice — on the CPU, where a read stalls nothing, it reads values at once
+(``trainvitals.trainer_plugin.devices``) — so the detector runs it under CUDA's rules: with
+no device read at once, a call seen here with a CPU device is the same call with a CUDA device
+on a GPU. ``test_devices.py`` shows that both rules record the same values.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from trainvitals import Monitor
+from trainvitals.trainer_plugin import devices
 
 HOST_READS = {
     torch.Tensor.item: "item", torch.Tensor.tolist: "tolist", torch.Tensor.cpu: "cpu",
@@ -57,8 +61,20 @@ class HostReads(TorchFunctionMode):
 
 
 @contextmanager
+def cuda_rules() -> Iterator[None]:
+    """The plugin treats every device as it treats CUDA: no value is read at once."""
+    saved = devices.READ_NOW
+    devices.READ_NOW = frozenset()
+    try:
+        yield
+    finally:
+        devices.READ_NOW = saved
+
+
+@contextmanager
 def host_reads() -> Iterator[list[str]]:
-    with HostReads() as mode:
+    """The host reads made on this thread, with the plugin under CUDA's rules."""
+    with cuda_rules(), HostReads() as mode:
         yield mode.calls
 
 
@@ -92,6 +108,15 @@ def test_the_detector_sees_host_reads_and_host_to_device_copies() -> None:
         torch.where(t > 0, t, float("inf"))  # a Python scalar is a kernel argument
     assert calls == ["item", "tolist", "__bool__", "__float__", "cpu", "tensor(device=...)",
                      "to(device)"]
+
+
+def test_under_cpu_rules_the_same_calls_read_values_at_once(
+        monitors: Callable[..., Monitor]) -> None:
+    # The control for the rule switch: without it, the CPU shortcut reads (free on a CPU).
+    mon = monitors("cpu-rules", None)
+    with HostReads() as mode:
+        one_step(mon, 0, "pass")
+    assert "item" in mode.calls
 
 
 @pytest.mark.parametrize("on_nonfinite", ["pass", "zero"])

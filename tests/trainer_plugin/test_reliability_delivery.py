@@ -241,6 +241,38 @@ def test_records_dropped_from_a_full_queue_leave_no_gap(server: ServerThread, to
     assert stored_seqs(server, "drops") == [0, 1, 2, 3, 4]
 
 
+class Unreadable:
+    """A Submittable whose device values cannot be read."""
+
+    def build(self) -> Record:
+        raise RuntimeError("the device copy failed")
+
+
+def test_the_collector_spools_a_burst_together_and_drops_only_what_fails(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stream = ("burst", 0, "0123456789abcdef")
+    sender = Sender(None, None, stream, spool_dir=tmp_path / "spool")  # offline: the spool only
+    gate = threading.Event()
+
+    def step(n: int) -> Step:
+        return Step(run="burst", session=stream[2], seq=n, step=n, loss=float(n))
+
+    assert sender.submit(Blocked(step(0), gate))  # holds the collector while the burst queues
+    wait_for(lambda: sender._queue.empty(), "the collector to take it")
+    assert all(sender.submit(item) for item in [step(1), Unreadable(), step(2),  # type: ignore[arg-type]
+                                                Step(run="burst", session=stream[2], seq=0,
+                                                     step=3, time=float("inf"))])
+    gate.set()
+    assert sender.flush(15)
+    stats = sender.close(5)
+    assert (stats.submitted, stats.dropped, stats.pending) == (5, 2, 3)
+    (path,) = (tmp_path / "spool").glob("burst.r0.*.jsonl")
+    assert [line.split('"step":')[1].split(",")[0] for line in path.read_text().splitlines()] \
+        == ["0", "1", "2"]  # numbered 0, 1, 2 without a gap
+    assert "could not read a step's values" in caplog.text
+    assert "record the server would refuse" in caplog.text
+
+
 def test_offline_mode_writes_the_spool_and_says_how_to_send_it(
         monitors: MakeMonitor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     mon = monitors("offline", None)

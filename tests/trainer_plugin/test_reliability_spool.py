@@ -180,3 +180,49 @@ def test_spool_files_groups_streams_and_ignores_other_files(tmp_path: Path) -> N
     assert len(groups["a.r0.s1"]) == len(a.files()) > 1
     assert groups["a.r0.s1"] == sorted(groups["a.r0.s1"])
     assert spool_files(groups["b.r1.s2"][0]) == {"b.r1.s2": groups["b.r1.s2"]}
+
+
+def test_quick_acks_keep_writing_one_file_instead_of_one_per_record(tmp_path: Path) -> None:
+    spool = make(tmp_path)
+    seen: set[Path] = set()
+    for i in range(20):
+        spool.append(step(i))
+        spool.ack(i)  # a server on the same machine acknowledges each record at once
+        seen.update(spool.files())
+    (path,) = seen
+    assert spool.pending == 0
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == list(range(20))
+    assert spool.close() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_full_acknowledged_file_is_deleted_when_the_next_one_starts(tmp_path: Path) -> None:
+    spool = make(tmp_path, segment_bytes=300)
+    while spool.size < 300:
+        spool.append(step(spool.next_seq))
+    (full,) = spool.files()
+    spool.ack(spool.next_seq - 1)
+    assert spool.files() == [full]  # still written on
+    spool.append(step(99))
+    (fresh,) = spool.files()
+    assert fresh != full and not full.exists()
+    assert seqs(spool.read(0, 100, 1 << 20)) == [spool.next_seq - 1]
+    spool.close()
+
+
+def test_append_many_keeps_a_batch_in_one_write_and_says_what_became_of_each(
+        tmp_path: Path) -> None:
+    spool = make(tmp_path, max_record_bytes=400)
+    outcomes = spool.append_many([
+        (start(), True),
+        (step(0, scalars={f"s{i}": 1.0 for i in range(40)}), False),  # too large
+        (Step(run="r", session="s", seq=0, step=0, time=math.inf), False),  # server refuses
+        (step(1), False),
+    ])
+    assert [type(o).__name__ for o in outcomes] == ["RunStart", "SpoolRefused", "SpoolRefused",
+                                                    "Step"]
+    assert "larger than a frame may be" in str(outcomes[1])
+    assert [o.seq for o in outcomes if isinstance(o, (RunStart, Step))] == [0, 1]  # no gap
+    (path,) = spool.files()  # on disk when the call returns
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [0, 1]
+    spool.close()
+    assert isinstance(spool.append_many([(step(2), False)])[0], SpoolRefused)  # closed

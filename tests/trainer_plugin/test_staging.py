@@ -1,7 +1,11 @@
-"""Step staging: values added by key come back by key, as floats, after one seal().wait()."""
+"""Step staging: values added by key come back by key, as floats, after one seal().wait().
+
+Most tests run twice (the ``rules`` fixture): CPU tensors read when added, and CUDA's rules
+(tensors concatenated per device and copied once at ``seal``)."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -10,7 +14,7 @@ import torch
 from trainvitals.trainer_plugin.staging import StepStaging
 
 
-def test_values_of_every_kind_come_back_by_key() -> None:
+def test_values_of_every_kind_come_back_by_key(rules: str) -> None:
     staging = StepStaging()
     staging.add("loss", torch.tensor(1.5, requires_grad=True))
     staging.add("vec", torch.tensor([1, 2, 3]))
@@ -31,7 +35,7 @@ def test_values_of_every_kind_come_back_by_key() -> None:
     assert len(staging) == 0
 
 
-def test_a_later_add_replaces_the_earlier_value_of_any_kind() -> None:
+def test_a_later_add_replaces_the_earlier_value_of_any_kind(rules: str) -> None:
     staging = StepStaging()
     staging.add("a", torch.tensor(1.0))
     staging.add("b", 2.0)
@@ -43,7 +47,7 @@ def test_a_later_add_replaces_the_earlier_value_of_any_kind() -> None:
     assert staging.seal().wait() == {"a": [7.0, 8.0], "b": [9.0], "c": [5.0]}
 
 
-def test_seal_empties_the_staging_for_the_next_step() -> None:
+def test_seal_empties_the_staging_for_the_next_step(rules: str) -> None:
     staging = StepStaging()
     staging.add("x", torch.tensor(1.0))
     first = staging.seal()
@@ -54,7 +58,7 @@ def test_seal_empties_the_staging_for_the_next_step() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_values_are_taken_when_added_not_when_sealed(dtype: torch.dtype) -> None:
+def test_values_are_taken_when_added_not_when_sealed(rules: str, dtype: torch.dtype) -> None:
     staging = StepStaging()
     running = torch.tensor([1.0, 2.0], dtype=dtype)
     staging.add("running", running)
@@ -64,7 +68,17 @@ def test_values_are_taken_when_added_not_when_sealed(dtype: torch.dtype) -> None
     assert pending.wait() == {"running": [1.0, 2.0]}
 
 
-def test_wait_on_another_thread() -> None:
+def test_numbers_are_staged_as_they_are_and_cpu_tensors_without_a_device_copy(
+        rules: str) -> None:
+    staging = StepStaging()
+    staging.add("stats", [0.0, 1.0, math.inf, 4.0])  # what host_stats returns
+    staging.add("t", torch.tensor([2.5, -1.0]))
+    pending = staging.seal()
+    assert len(pending.host) == (1 if rules == "cuda rules" else 0)
+    assert pending.wait() == {"stats": [0.0, 1.0, math.inf, 4.0], "t": [2.5, -1.0]}
+
+
+def test_wait_on_another_thread(rules: str) -> None:
     staging = StepStaging()
     staging.add("x", torch.tensor([4.0, 5.0]))
     staging.add("k", 1)
@@ -80,9 +94,9 @@ def test_wait_on_another_thread() -> None:
 def test_values_on_several_devices_come_back_by_key() -> None:
     staging = StepStaging()
     staging.add("gpu", torch.tensor([1.0, 2.0], device="cuda"))
-    staging.add("cpu", torch.tensor(3.0))
+    staging.add("cpu", torch.tensor(3.0))  # read when added: a CPU value stalls nothing
     staging.add("gpu0d", torch.tensor(4.0, device="cuda"))
     staging.add("n", 5)
     pending = staging.seal()
-    assert len(pending.host) == 2 and all(h.device.type == "cpu" for h in pending.host)
+    assert len(pending.host) == 1 and all(h.device.type == "cpu" for h in pending.host)
     assert pending.wait() == {"gpu": [1.0, 2.0], "cpu": [3.0], "gpu0d": [4.0], "n": [5.0]}

@@ -1,15 +1,25 @@
-"""Tensor statistics: counts of non-finite elements, finite extremes, exp headroom per dtype."""
+"""Tensor statistics: counts of non-finite elements, finite extremes, exp headroom per dtype;
+the CPU shortcut gives exactly what the device path gives."""
 
 from __future__ import annotations
 
 import math
+import struct
+from typing import Any
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from trainvitals.protocol import TensorStats
 from trainvitals.trainer_plugin import exp_overflow_log
-from trainvitals.trainer_plugin.stats import STATS_WIDTH, stats_vector, unpack_stats
+from trainvitals.trainer_plugin.stats import (
+    STATS_WIDTH,
+    host_stats,
+    stats_vector,
+    tensor_stats,
+    unpack_stats,
+)
 
 NAN, INF = math.nan, math.inf
 LN_F32_MAX = 88.72283905206835  # ln(3.4028234663852886e38)
@@ -118,3 +128,79 @@ def test_bfloat16_extremes_and_counts() -> None:
     assert (s.nan, s.posinf, s.neginf, s.dtype) == (1, 1, 0, "bfloat16")
     assert s.min == -2.0
     assert s.max == pytest.approx(3.0e38, rel=1e-2)
+
+
+# ---------------------------------------------------------------- the CPU shortcut (host_stats)
+
+def _bits(values: list[float]) -> list[bytes]:
+    return [struct.pack("<d", v) for v in values]  # exact: tells -0.0 from 0.0, NaN from NaN
+
+
+def _cases() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    big = torch.randn(300_001, generator=gen) * 1e3  # past the parallel-reduction grain size
+    mixed = torch.randn(1000, generator=gen)
+    mixed[[3, 500]], mixed[7], mixed[9] = NAN, INF, -INF
+    strided = torch.randn(64, 48, generator=gen).t()[::2]  # a non-contiguous view
+    return {
+        "all finite": torch.randn(8192, generator=gen),
+        "4-d": torch.randn(8, 32, 32, 3, generator=gen) * 7,
+        "large 4-d": torch.randn(16, 16, 32, 32, generator=gen) * 1e3,
+        "nan": torch.tensor([1.0, NAN, -3.0]),
+        "+inf": torch.tensor([1.0, INF, -3.0]),
+        "-inf": torch.tensor([1.0, -INF, -3.0]),
+        "mixed": mixed,
+        "only non-finite": torch.tensor([NAN, INF, -INF]),
+        "empty": torch.empty(0, 4),
+        "0-d": torch.tensor(-2.5),
+        "int64": torch.tensor([[-5, 7], [2**40, 3]]),
+        "uint8": torch.tensor([0, 255, 3], dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "bfloat16": (torch.randn(5000, generator=gen) * 50).bfloat16(),
+        "bfloat16 with nan": torch.tensor([1.0, NAN, 3.0e38], dtype=torch.bfloat16),
+        "float16": (torch.randn(5000, generator=gen) * 100).half(),
+        "float16 overflowed": torch.tensor([60000.0, 70000.0, -1.0], dtype=torch.float16),
+        "float64": torch.randn(4097, generator=gen, dtype=torch.float64),
+        "float64 sum overflows": torch.tensor([1.7e308, 1.7e308, -1.0], dtype=torch.float64),
+        "large": big,
+        "large with inf": torch.cat([big, torch.tensor([INF])]),
+        "non-contiguous": strided,
+        "signed zeros": torch.tensor([0.0, -0.0, 0.0]),
+        "requires grad": torch.randn(10, generator=gen, requires_grad=True) * 2,
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_the_cpu_shortcut_gives_exactly_the_masked_passes_results(case: str) -> None:
+    t = _cases()[case]
+    assert _bits(host_stats(t)) == _bits(stats_vector(t).tolist())
+
+
+def test_the_cpu_shortcut_reads_few_values_and_masks_only_non_finite_tensors() -> None:
+    counter = _OpCounter()
+    with counter:
+        host_stats(torch.randn(100))
+    finite_ops = counter.ops
+    with counter:
+        host_stats(torch.tensor([1.0, NAN]))
+    assert "isnan" not in finite_ops and "where" not in finite_ops
+    assert "isnan" in counter.ops and "where" in counter.ops
+
+
+def test_tensor_stats_chooses_by_device() -> None:
+    t = torch.tensor([1.0, INF])
+    assert tensor_stats(t) == host_stats(t)  # the CPU: floats, read at once
+    meta = tensor_stats(torch.empty(3, device="meta"))  # a device that is never read
+    assert isinstance(meta, torch.Tensor) and meta.device.type == "meta"
+    assert meta.shape == (STATS_WIDTH,)
+
+
+class _OpCounter(TorchFunctionMode):
+    def __enter__(self) -> _OpCounter:
+        self.ops: list[str] = []
+        return super().__enter__()  # type: ignore[no-any-return]
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        self.ops.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))

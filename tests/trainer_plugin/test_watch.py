@@ -1,7 +1,9 @@
 """``Monitor.watch``: planted faults are attributed to their module, parameter, op and line.
 
 Real parts throughout: a real server on a free port, real torch training steps, the records
-read back through the REST API.
+read back through the REST API. Each attribution test runs both ways of the watch (the
+``rules`` fixture): the CPU's (the model level read every step, a bad step re-run with every
+module hooked) and CUDA's (every module reduced on the device every step).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def origin_alert(rest: Rest, srv: ServerThread, run: str) -> dict[str, Any]:
 
 
 def test_a_nan_made_in_a_module_is_attributed_to_it_its_parameter_and_the_op_line(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     torch.manual_seed(0)
     net = Net()
     mon = monitors("planted-log", server.ws_url)
@@ -116,7 +118,7 @@ def test_a_nan_made_in_a_module_is_attributed_to_it_its_parameter_and_the_op_lin
 
 
 def test_without_op_trace_the_module_and_parameter_are_named_at_the_step_itself(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     torch.manual_seed(0)
     net = Net()
     mon = monitors("planted-no-trace", server.ws_url)
@@ -138,7 +140,7 @@ def test_without_op_trace_the_module_and_parameter_are_named_at_the_step_itself(
 
 
 def test_a_trainer_that_aborts_at_the_nan_still_gets_the_op_trace_at_close(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     torch.manual_seed(0)
     net = Net()
     mon = monitors("planted-abort", server.ws_url)
@@ -179,7 +181,7 @@ class TwoBranch(nn.Module):
 
 
 def test_a_nan_made_only_in_the_backward_pass_names_the_parameter(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     torch.manual_seed(0)
     net = TwoBranch()
     mon = monitors("backward-only", server.ws_url)
@@ -203,7 +205,7 @@ def test_a_nan_made_only_in_the_backward_pass_names_the_parameter(
 
 
 def test_a_nan_in_the_data_is_blamed_on_the_inputs_not_a_module(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     net = Net()
     mon = monitors("nan-data", server.ws_url)
     mon.watch(net)
@@ -241,7 +243,7 @@ class MaskNet(nn.Module):
 
 
 def test_an_intentional_inf_that_the_model_removes_is_not_an_origin(
-        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+        rules: str, server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
     net = MaskNet()
     mon = monitors("masked", server.ws_url)
     mon.watch(net)
@@ -255,15 +257,17 @@ def test_an_intentional_inf_that_the_model_removes_is_not_an_origin(
     assert rest(server, f"/runs/{run_id(rest, server, 'masked')}/origins")["origins"] == []
 
 
-def test_remove_takes_every_hook_off(monitors: MakeMonitor) -> None:
+def test_remove_takes_every_hook_off(rules: str, monitors: MakeMonitor) -> None:
     net = Net()
     mon = monitors("removed", None, spool=None)
     watch = mon.watch(net)
+    assert (len(net._forward_hooks), len(net._forward_pre_hooks)) == (1, 1)
     counts = (len(net.planted._forward_hooks), len(net.planted._forward_pre_hooks))
-    assert counts == (1, 1)
+    assert counts == ((1, 1) if rules == "cuda rules" else (0, 0))  # the CPU: the model only
     assert len(net.planted.gain._post_accumulate_grad_hooks or {}) == 1
     watch.remove()
     assert (len(net.planted._forward_hooks), len(net.planted._forward_pre_hooks)) == (0, 0)
+    assert (len(net._forward_hooks), len(net._forward_pre_hooks)) == (0, 0)
     assert not net.planted.gain._post_accumulate_grad_hooks
     torch.autograd.backward(net(batch(0)).sum())
     mon.log_step(0)

@@ -1,5 +1,6 @@
 """Host-side resolution of the watch values (``origin.locate``) and the once-per-episode rule,
-on real hooks and real staging, without a server."""
+on real hooks and real staging, without a server; what each of the watch's two ways records
+(every module on the device; the model level and a re-run of a bad step on the CPU)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from trainvitals.protocol import NonFiniteOrigin
+from trainvitals.trainer_plugin import devices
 from trainvitals.trainer_plugin.origin import WatchFrame, locate
 from trainvitals.trainer_plugin.staging import StepStaging
 from trainvitals.trainer_plugin.watch import ModuleWatch
@@ -81,7 +83,9 @@ def one_step(watch: ModuleWatch, net: Net, step: int, x: torch.Tensor) -> object
     return watch.judge(f, staging.seal().wait(), step)
 
 
-def test_hooks_record_every_floating_leaf_in_execution_order() -> None:
+def test_the_device_path_records_every_floating_leaf_in_execution_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "READ_NOW", frozenset())  # CUDA's rules on the CPU
     net = Net()
     watch = ModuleWatch(net)
     h, _ = net(torch.ones(2, 3), extra={"w": torch.ones(1)})
@@ -99,7 +103,42 @@ def test_hooks_record_every_floating_leaf_in_execution_order() -> None:
     assert values[:2] == [1.0, pytest.approx(expected)]
 
 
-def test_an_origin_is_sent_once_per_run_of_non_finite_steps() -> None:
+def test_the_cpu_path_reads_the_model_level_and_re_runs_only_a_bad_step() -> None:
+    torch.manual_seed(0)
+    net = Net()
+    watch = ModuleWatch(net)
+    assert watch.reads_now and not net.a._forward_hooks  # only the model and its parameters
+    h, _ = net(torch.ones(2, 3), extra={"w": torch.ones(1)})
+    torch.autograd.backward(h.sum())
+    staging = StepStaging()
+    clean = watch.seal(staging, "w0")
+    # A clean step: the model's two outputs, then the gradients (bias first: backward order).
+    assert (clean.calls, clean.grads, clean.parts) == (((0, 0, 2),), (1, 0), ())
+    assert clean.host is not None and all(math.isfinite(v) for v in clean.host)
+    assert len(staging) == 0  # read at once: nothing staged
+
+    with torch.no_grad():
+        net.a.weight[0, 0] = INF
+    h, _ = net(torch.ones(2, 3), extra={"w": torch.ones(1)})
+    expected = h.detach().clone()
+    rng = torch.get_rng_state()
+    torch.autograd.backward(h.sum())
+    bad = watch.seal(staging, "w0")
+    # The bad step was re-run with every module hooked; the hooks came off again after.
+    assert bad.calls == ((1, 1, 1), (2, 1, 1), (0, 2, 2))
+    assert bad.host is not None  # a: x in, Inf out; b: Inf in and out; root: x, w in, Inf out
+    assert [math.isinf(v) for v in bad.host[:8]] == [False, True, True, True,
+                                                     False, False, True, True]
+    assert not net.a._forward_hooks and torch.equal(h.detach(), expected)
+    assert torch.equal(torch.get_rng_state(), rng)
+    found = locate(bad, bad.values({}))
+    assert found is not None and (found.module, found.stage) == ("model.a", "forward")
+
+    net(torch.ones(2, 3))  # the next step of the same episode: not re-run; as the outputs
+    assert watch.seal(staging, "w0").calls == ((0, 1, 2),)  # are non-finite, inputs are read
+
+
+def test_an_origin_is_sent_once_per_run_of_non_finite_steps(rules: str) -> None:
     torch.manual_seed(0)
     net = Net()
     watch = ModuleWatch(net, name="net")
@@ -118,14 +157,101 @@ def test_an_origin_is_sent_once_per_run_of_non_finite_steps() -> None:
     assert (rest[3].stage, rest[3].step, rest[3].module) == ("input", 4, "net")
 
 
-def test_time_watch_reports_what_it_hooked_and_takes_its_hooks_off() -> None:
+def test_time_watch_reports_what_it_hooked_and_takes_its_hooks_off(rules: str) -> None:
     from trainvitals.trainer_plugin.watchcost import time_watch
 
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     cost = time_watch(net, torch.randn(3, 4), steps=2, warmup=1)
     assert (cost.modules, cost.params) == (4, 4)
-    # Per step: 4 module calls with 1 input and 1 output value each, 4 gradients.
-    assert cost.values_per_step == 4 * 2 + 4
+    # Per step, on the device: 4 module calls with 1 input and 1 output value each, and 4
+    # gradients; on the CPU: the model's output and the 4 gradients (its input is read only
+    # when the output is not finite).
+    assert cost.values_per_step == (4 * 2 + 4 if rules == "cuda rules" else 1 + 4)
     assert cost.plain_s > 0 and cost.watched_s > 0
     assert math.isclose(cost.overhead, cost.watched_s / cost.plain_s - 1)
     assert not net[0]._forward_hooks and not net[0]._forward_pre_hooks
+
+
+class Hidden(nn.Module):
+    """x·w with an Inf in w: at x = 0 the product is NaN — inside the model only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+class Masking(nn.Module):
+    """Removes non-finite values before they leave: the output stays finite, but the
+    gradient that flows back through ``hidden`` (0 · Inf) does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.hidden = Hidden()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(self.lin(x))
+        return torch.where(torch.isfinite(h), h, torch.zeros_like(h))
+
+
+def test_a_module_that_went_non_finite_inside_a_finite_model_is_named_from_the_gradients(
+        rules: str) -> None:
+    torch.manual_seed(0)
+    net = Masking()
+    with torch.no_grad():
+        net.lin.weight.zero_()
+        net.lin.bias.zero_()  # lin's output is 0 ...
+        net.hidden.w[1] = INF  # ... and 0 · Inf is NaN
+    watch = ModuleWatch(net)
+    staging = StepStaging()
+    out = net(torch.ones(2, 3))
+    assert bool(torch.isfinite(out).all())
+    torch.autograd.backward(out.sum())
+    origin = watch.judge(watch.seal(staging, "w0"), staging.seal().wait(), 7)
+    assert isinstance(origin, NonFiniteOrigin)
+    assert (origin.stage, origin.module, origin.param) == (
+        "forward", "model.hidden", "model.lin.bias")  # lin's bias: first in backward order
+
+
+class Log(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+class LogNet(nn.Module):
+    """An identity-initialised ``lin`` → ``log`` → ``out``: a 0 input makes -Inf in ``log``,
+    and its gradient (1/0) makes ``lin``'s weights non-finite once the optimizer applies it —
+    re-run after that, ``lin`` would look like the origin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.log = Log()
+        self.out = nn.Linear(3, 1)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.eye(3))
+            self.lin.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.log(self.lin(x)))
+        return out
+
+
+def test_the_origin_is_found_even_when_the_trainer_applies_the_non_finite_update(
+        rules: str) -> None:
+    torch.manual_seed(0)
+    net = LogNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watch = ModuleWatch(net, name="net")
+    staging = StepStaging()
+    x = torch.ones(2, 3)
+    x[0, 0] = 0.0
+    torch.autograd.backward(net(x).sum())
+    opt.step()  # NaN gradients go into every weight before log_step
+    assert not bool(torch.isfinite(net.lin.weight).all())
+    origin = watch.judge(watch.seal(staging, "w0"), staging.seal().wait(), 3)
+    assert isinstance(origin, NonFiniteOrigin)
+    assert (origin.kind, origin.stage, origin.module) == ("inf", "forward", "net.log")
