@@ -137,12 +137,25 @@ class Link:
                     self.stop.wait(self._idle)
                 elif self._ws is None and not self._connect_any():
                     self.stop.wait(next(self._delays))
+                elif self._send():
+                    self._receive(0.0)
+                elif self._sent_up_to > self._spool.acked:
+                    self._receive(self._idle)  # the ack on its way wakes us
                 else:
-                    self._receive(0.0 if self._send() else self._idle)
+                    self._await_records()
         except Exception:  # a bug here must not take the training process down
             log.exception("trainvitals: sender thread failed; records stay in the spool")
         finally:
             self._disconnect()
+
+    def _await_records(self) -> None:
+        """Nothing in flight and nothing to send: sleep until the collector spools a record
+        (it notifies ``changed``), so a new record leaves at once instead of at the next poll.
+        While frames are in flight the link waits for their ack instead, and what was spooled
+        meanwhile leaves together in the next frame (few frames at high step rates)."""
+        with self._changed:
+            if max(self._next, self._spool.acked + 1) >= self._spool.next_seq:
+                self._changed.wait(self._idle)
 
     # ------------------------------------------------------------ connecting
 

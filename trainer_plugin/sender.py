@@ -185,6 +185,8 @@ class Sender:
                 log.exception("trainvitals: could not read a step's values; dropping that step")
                 self._dropped("")
         kept = self.spool.append_many([(r, isinstance(r, (RunStart, RunEnd))) for r in records])
+        with self._changed:  # wakes an idle link at once (it waits here when nothing is in flight)
+            self._changed.notify_all()
         for outcome in kept:
             if isinstance(outcome, SpoolRefused):
                 self._dropped(str(outcome))
