@@ -133,8 +133,10 @@ class Link:
         """Deliver until ``stop`` is set; never raises."""
         try:
             while not self.stop.is_set():
-                if self.halted or (self._ws is None and self._spool.pending == 0):
+                if self.halted:
                     self.stop.wait(self._idle)
+                elif self._ws is None and self._spool.pending == 0:
+                    self._await_records()  # connect when there is something to deliver
                 elif self._ws is None and not self._connect_any():
                     self.stop.wait(next(self._delays))
                 elif self._send():
@@ -154,7 +156,8 @@ class Link:
         While frames are in flight the link waits for their ack instead, and what was spooled
         meanwhile leaves together in the next frame (few frames at high step rates)."""
         with self._changed:
-            if max(self._next, self._spool.acked + 1) >= self._spool.next_seq:
+            idle = max(self._next, self._spool.acked + 1) >= self._spool.next_seq
+            if idle and not self.stop.is_set():
                 self._changed.wait(self._idle)
 
     # ------------------------------------------------------------ connecting

@@ -140,6 +140,8 @@ class Sender:
         self.flush(max(0.0, end - time.monotonic()))
         if self.link is not None:
             self.link.stop.set()
+            with self._changed:  # an idle link waits on it
+                self._changed.notify_all()
             self._link_thread.join(1.0)
         kept = self.spool.close()
         stats = self.stats()

@@ -226,7 +226,7 @@ def test_records_dropped_from_a_full_queue_leave_no_gap(server: ServerThread, to
         return Step(run="drops", session=stream[2], seq=n, step=n, loss=float(n))
 
     assert sender.submit(RunStart(run="drops", session=stream[2]))
-    wait_for(lambda: sender.stats().pending == 1, "the run start to be kept")
+    wait_for(lambda: sender._taken == 1, "the run start to be kept")  # spooled (maybe sent)
     assert sender.submit(Blocked(step(0), gate))  # the collector waits on this one
     wait_for(lambda: sender._queue.empty(), "the collector to take it")
     accepted = [sender.submit(step(n)) for n in range(1, 11)]
@@ -291,3 +291,22 @@ def test_offline_mode_writes_the_spool_and_says_how_to_send_it(
         in message
     assert f"trainvitals sync {tmp_path / 'spool'} --server" in message
     assert caplog.records[-1].levelno == logging.WARNING
+
+
+def test_an_idle_link_wakes_for_a_new_record_rather_than_at_its_next_poll(
+        server: ServerThread, token: str, tmp_path: Path) -> None:
+    # With a poll of an hour, a link that only polled would hold each record that long: the
+    # flushes below can only succeed because spooling a record wakes the link.
+    stream = ("wakes", 0, "0123456789abcdef")
+    sender = Sender(f"{server.ws_url}/ws/ingest", token, stream, spool_dir=tmp_path / "spool",
+                    idle_poll=3600)
+    assert sender.submit(RunStart(run="wakes", session=stream[2]))
+    assert sender.flush(30), sender.stats()
+    for n in range(3):  # each record alone, after the link went idle again
+        assert sender.submit(Step(run="wakes", session=stream[2], seq=n, step=n, loss=1.0))
+        assert sender.flush(30), sender.stats()
+    assert stored_seqs(server, "wakes") == [0, 1, 2, 3]
+    sender.close(5)
+    assert sender.link is not None
+    sender._link_thread.join(5)  # close() woke the idle link: it did not wait for its poll
+    assert not sender._link_thread.is_alive()
