@@ -20,6 +20,8 @@ Every spike and dip must come back exactly (step and value), and so must each no
 from __future__ import annotations
 
 import argparse
+import bisect
+import json
 import math
 import os
 import random
@@ -28,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from common import (
     DATA_DIR,
     LoadMeter,
@@ -41,7 +44,9 @@ from common import (
 )
 
 from trainvitals.server import SQLiteStore
+from trainvitals.server.downsample import columns
 from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
+from trainvitals.server.sqlite_blocks import rebuild
 
 TARGET_MS = 50.0
 RUN, SERIES = "longrun", "loss"
@@ -50,14 +55,14 @@ NONFINITE = {3_000_001: math.nan, 6_000_001: math.inf, 9_000_001: -math.inf}
 
 
 def spikes(n: int, buckets: int) -> dict[int, float]:
-    """Step → value of every spike and dip, each in a pixel column of its own."""
+    """Step → value of every spike and dip, each in an M4 column of its own (the columns
+    ``series_m4`` cuts steps 0 … n-1 into: whole blocks of 1,024 steps for 10M points)."""
     rng = random.Random(7)
-    width = n // buckets
-    columns = rng.sample(range(buckets), 2 * SPIKES)
+    cols = columns(0, n - 1, buckets)
     out = {}
-    for k, col in enumerate(columns):
-        step = col * width + rng.randrange(width)
-        out[step] = (50.0 + k) if k < SPIKES else -(50.0 + k)
+    for k, col in enumerate(rng.sample(range(len(cols)), 2 * SPIKES)):
+        first, last = cols[col]
+        out[rng.randint(first, last)] = (50.0 + k) if k < SPIKES else -(50.0 + k)
     return out
 
 
@@ -87,8 +92,11 @@ def build(db: Path, n: int, buckets: int) -> None:
         conn.executemany("UPDATE points SET value=? WHERE series_id=1 AND step=?",
                          [(None if math.isnan(v) else v, s)  # NULL is how NaN is stored
                           for s, v in special.items()])
+        filled = time.monotonic()
+        rebuild(conn, [1])  # the block summaries the store keeps with every write
     tmp.rename(db)
-    note(f"built {db} ({n:,} points) in {time.monotonic() - started:.0f} s")
+    note(f"built {db} ({n:,} points) in {time.monotonic() - started:.0f} s, of which "
+         f"{time.monotonic() - filled:.0f} s summarising its blocks")
 
 
 def ensure(db: Path, n: int, buckets: int) -> None:
@@ -127,14 +135,15 @@ def check(steps: list[int], values: list[float], expected: dict[int, float]) -> 
     return missing
 
 
-def time_store(db: Path, buckets: int, warm: int, cold: int, expected: dict[int, float]
-               ) -> list[list[str]]:
+def time_store(db: Path, n: int, buckets: int, warm: int, cold: int,
+               expected: dict[int, float]) -> list[list[str]]:
     """series_m4 in-process, cold and warm; plus the whole series read for scale."""
     rows = []
     cold_ms, answer = [], None
     for _ in range(cold):
-        drop_cache(db)
         store = SQLiteStore(db)
+        store.open()  # as the server does at start-up (its writer connection stays open)
+        drop_cache(db)
         t0 = time.perf_counter()
         (answer,) = store.series_m4(1, SERIES, buckets=buckets)
         cold_ms.append(1e3 * (time.perf_counter() - t0))
@@ -142,6 +151,7 @@ def time_store(db: Path, buckets: int, warm: int, cold: int, expected: dict[int,
     assert answer is not None
     missing = check(answer.steps, answer.values, expected)
     store = SQLiteStore(db)
+    store.open()
     store.series_m4(1, SERIES, buckets=buckets)
     warm_ms = []
     for _ in range(warm):
@@ -153,6 +163,7 @@ def time_store(db: Path, buckets: int, warm: int, cold: int, expected: dict[int,
                      kept))
     rows.append(_row("SQLiteStore.series_m4 (in process)", "warm", warm_ms, len(answer.steps),
                      kept))
+    rows.append(time_zoom(store, n, buckets, warm, expected))
     t0 = time.perf_counter()
     (whole,) = store.series(1, SERIES)
     rows.append(_row("SQLiteStore.series, no downsampling (for scale)", "warm",
@@ -162,23 +173,60 @@ def time_store(db: Path, buckets: int, warm: int, cold: int, expected: dict[int,
     return rows
 
 
+def time_zoom(store: SQLiteStore, n: int, buckets: int, warm: int,
+              expected: dict[int, float]) -> list[str]:
+    """series_m4 of a zoomed range whose both ends cut a block (their points are read), warm.
+
+    Its columns are not the full range's, so two spikes may share one: per column, the highest
+    spike, the lowest dip and every non-finite value must come back.
+    """
+    start, end = n // 10 + 1, n - n // 10 - 1
+    cols = columns(start, end, buckets)
+    ends = [last for _, last in cols]
+    inside = {s: v for s, v in expected.items() if start <= s <= end}
+    want = {s: v for s, v in inside.items() if not math.isfinite(v)}
+    best: dict[tuple[int, bool], tuple[int, float]] = {}  # (column, upward) -> step, value
+    for step, value in inside.items():
+        key = (bisect.bisect_left(ends, step), value > 0)
+        if math.isfinite(value) and (key not in best or abs(value) > abs(best[key][1])):
+            best[key] = (step, value)
+    want.update(best.values())
+    ms = []
+    for _ in range(warm + 1):
+        t0 = time.perf_counter()
+        (answer,) = store.series_m4(1, SERIES, start=start, end=end, buckets=buckets)
+        ms.append(1e3 * (time.perf_counter() - t0))
+    kept = f"{len(want) - check(answer.steps, answer.values, want)}/{len(want)}"
+    return _row(f"SQLiteStore.series_m4, steps {start:,}–{end:,} (zoomed)", "warm", ms[1:],
+                len(answer.steps), kept)
+
+
 def time_rest(db: Path, buckets: int, warm: int, expected: dict[int, float]) -> list[list[str]]:
-    """The REST call against a server subprocess on the file's directory."""
+    """The REST call against a server subprocess on the file's directory, from one keep-alive
+    client (as a page makes it), the body parsed with ``json.loads``; plus a small answer for
+    the cost of HTTP itself."""
     drop_cache(db)
-    with ServerProcess(db.parent) as server:
-        path, params = "/api/runs/1/series", {"name": SERIES, "buckets": buckets}
-        times = []
+    path, params = "/api/runs/1/series", {"name": SERIES, "buckets": str(buckets)}
+    with ServerProcess(db.parent) as server, httpx.Client(base_url=server.http_url,
+                                                          timeout=120) as client:
+        times, small = [], []
         for _ in range(warm + 1):
             t0 = time.perf_counter()
-            body = server.get(path, **params)
+            body = json.loads(client.get(path, params=params).raise_for_status().content)
             times.append(1e3 * (time.perf_counter() - t0))
+        for _ in range(warm):
+            t0 = time.perf_counter()
+            json.loads(client.get("/api/runs/1").raise_for_status().content)
+            small.append(1e3 * (time.perf_counter() - t0))
     (series,) = body["series"]
     values = [float(v) for v in series["values"]]
     missing = check(series["steps"], values, expected)
     kept = f"{len(expected) - missing}/{len(expected)}"
     name = f"GET {path}?name={SERIES}&buckets={buckets}"
     return [_row(name, "cold (first call)", times[:1], len(values), kept),
-            _row(name, "warm", times[1:], len(values), kept)]
+            _row(name, "warm", times[1:], len(values), kept),
+            _row("GET /api/runs/1 (a small answer: the cost of HTTP, for scale)", "warm", small,
+                 0, "—", judged=False)]
 
 
 def _row(what: str, cache: str, ms: list[float], points: int, kept: str,
@@ -207,7 +255,7 @@ def main() -> int:
     meter = LoadMeter()
     ensure(db, args.points, args.buckets)
     expected = {**spikes(args.points, args.buckets), **nonfinite(args.points)}
-    rows = time_store(db, args.buckets, args.warm, args.cold, expected)
+    rows = time_store(db, args.points, args.buckets, args.warm, args.cold, expected)
     rows += time_rest(db, args.buckets, args.warm, expected)
     print(header("Long runs: M4 downsampling of one long series (bench/longrun.py)", meter,
                  extra=[f"{args.points:,} points in one series → {args.buckets} buckets; "

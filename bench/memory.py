@@ -40,6 +40,7 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Ack, decode
 from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
+from trainvitals.server.sqlite_blocks import rebuild
 
 BULK_SERIES = ("loss", "loss_used", "grad_norm", "lr")
 
@@ -143,6 +144,7 @@ def build_bulk(db: Path, runs: int, steps: int) -> None:
                 conn.execute("INSERT INTO series(id, run_id, rank, name) VALUES (?,?,0,?)",
                              (series_id, r, name))
                 fill_points(conn, series_id, steps)
+                rebuild(conn, [series_id])  # the block summaries the store keeps with points
             conn.commit()
             note(f"bulk store: run {r}/{runs} written ({time.monotonic() - started:.0f} s)")
     tmp.rename(db)

@@ -1,31 +1,46 @@
 """Downsampling that keeps extremes: M4 per pixel column, with non-finite values kept too.
 
 A chart ``buckets`` pixels wide cannot show more than a few points per pixel column, so a long
-series is cut into ``buckets`` equal step ranges and each range keeps only the points that decide
-what its column looks like (Jugel et al., "M4", VLDB 2014): the **first** and **last** point (the
-line into and out of the column) and the points with the **smallest** and **largest** value.
-A single spike among a million steps is the largest value of its column, so it is always drawn —
-unlike reservoir sampling (TensorBoard's default), which keeps each point with equal chance.
+series is cut into at most ``buckets`` step ranges ("columns") and each keeps only the points
+that decide what its column looks like (Jugel et al., "M4", VLDB 2014): the **first** and
+**last** point (the line into and out of the column) and the points with the **smallest** and
+**largest** value. A single spike among a million steps is the largest value of its column, so
+it is always drawn — unlike reservoir sampling (TensorBoard's default), which keeps each point
+with equal chance.
 
-Non-finite values never vanish: a range that holds NaN, +Inf or -Inf also keeps the first of
+Non-finite values never vanish: a column that holds NaN, +Inf or -Inf also keeps the first of
 each. ``min``/``max`` are taken over finite values only, so an Inf does not hide the finite
 spike next to it. Ties go to the earliest step.
 
-``m4`` is the reference in plain Python; ``SQLITE_M4`` computes the same set inside SQLite
-(``SQLiteStore.series_m4``), ``trainvitals.server.postgres_sql.M4`` inside PostgreSQL, and the
-tests hold each to the reference.
+The columns (``columns``) divide the steps the range actually holds, [lo, hi]:
+
+* when [lo, hi] touches at least ``buckets`` blocks of ``BLOCK_STEPS`` (1,024) steps, every
+  column is a run of whole blocks (the blocks shared out as evenly as ``bucket_range`` shares
+  steps; only the first and last column are cut at lo and hi), so the SQLite store answers from
+  its block summaries (``trainvitals.server.sqlite_blocks``) in ~10,000 rows for 10M points;
+* otherwise they are ``min(buckets, hi - lo + 1)`` equal step ranges (``bucket_range``), read
+  point by point (at most ``buckets`` × 1,024 points).
+
+``m4`` is the reference in plain Python and the contract of ``Store.series_m4``; ``SQLITE_M4``
+computes equal columns inside SQLite, ``trainvitals.server.postgres_sql.M4`` any columns inside
+PostgreSQL, ``sqlite_blocks.block_m4`` block columns from summaries, and the tests hold each to
+the reference.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from trainvitals.server.blocks import BLOCK_BITS
+
 if TYPE_CHECKING:
     from trainvitals.server.store import SeriesData, Store
 
-__all__ = ["MAX_BUCKETS", "SQLITE_M4", "bucket_of", "bucket_range", "for_width", "m4"]
+__all__ = ["MAX_BUCKETS", "SQLITE_M4", "bucket_of", "bucket_range", "by_blocks", "columns",
+           "for_width", "m4"]
 
 MAX_BUCKETS = 10_000  # (step - start) * buckets must stay far inside 64-bit integers
 
@@ -41,17 +56,42 @@ def bucket_range(i: int, start: int, end: int, buckets: int) -> tuple[int, int]:
     return (start + -(-i * span // buckets), start + -(-(i + 1) * span // buckets) - 1)
 
 
-def m4(steps: Sequence[int], values: Sequence[float], *, start: int, end: int,
-       buckets: int) -> tuple[list[int], list[float]]:
-    """The points M4 keeps of (steps, values) within [start, end], in step order.
+def by_blocks(lo: int, hi: int, buckets: int) -> bool:
+    """Whether the columns of held steps [lo, hi] are runs of whole blocks (see the module)."""
+    return (hi >> BLOCK_BITS) - (lo >> BLOCK_BITS) + 1 >= buckets
 
-    Per bucket: first, last, finite min, finite max, and the first NaN, +Inf and -Inf.
+
+def columns(lo: int, hi: int, buckets: int) -> list[tuple[int, int]]:
+    """The columns [first, last step] that M4 cuts held steps [lo, hi] into, in step order.
+
+    They partition [lo, hi]; there are at most ``buckets`` (1 … ``MAX_BUCKETS``) of them.
+    """
+    if by_blocks(lo, hi, buckets):
+        b0, b1 = lo >> BLOCK_BITS, hi >> BLOCK_BITS
+        edges = (bucket_range(i, b0, b1, buckets) for i in range(buckets))
+        return [(max(lo, first << BLOCK_BITS), min(hi, ((last + 1) << BLOCK_BITS) - 1))
+                for first, last in edges]
+    n = min(buckets, hi - lo + 1)
+    return [bucket_range(i, lo, hi, n) for i in range(n)]
+
+
+def m4(steps: Sequence[int], values: Sequence[float], *, start: int | None = None,
+       end: int | None = None, buckets: int) -> tuple[list[int], list[float]]:
+    """The points M4 keeps of (steps, values) within [start, end], in step order: exactly what
+    ``Store.series_m4`` must return for one series.
+
+    The held steps of the range, [lo, hi], are cut into ``columns(lo, hi, buckets)``; per
+    column: first, last, finite min, finite max, and the first NaN, +Inf and -Inf.
     ``steps`` must be distinct; they need not be sorted.
     """
+    inside = sorted((s, v) for s, v in zip(steps, values, strict=True)
+                    if (start is None or s >= start) and (end is None or s <= end))
+    if not inside:
+        return [], []
+    starts = [first for first, _ in columns(inside[0][0], inside[-1][0], buckets)]
     groups: dict[int, list[tuple[int, float]]] = {}
-    for s, v in zip(steps, values, strict=True):
-        if start <= s <= end:
-            groups.setdefault(bucket_of(s, start, end, buckets), []).append((s, v))
+    for s, v in inside:
+        groups.setdefault(bisect.bisect_right(starts, s), []).append((s, v))
     keep: dict[int, float] = {}
     for points in groups.values():
         for s, v in _picks(points):

@@ -112,18 +112,17 @@ LEFT JOIN LATERAL (  -- the lowest rank's latest steps, newest first
 """
 
 # M4 (see trainvitals.server.downsample.m4, which this must equal), as SQLITE_M4 computes it:
-# per bucket a primary-key range scan. Sorting ascending, the lowest value is the first -Inf,
-# else the finite min (NaN sorts last); descending, the highest is the first NaN, else the first
-# +Inf, else the finite max. Only buckets where one of them is not finite ("odd") need more: the
-# finite min and max, and the first +Inf (hidden behind a NaN).
-# Parameters: %(sid)s (series id), %(start)s, %(span)s (end - start + 1), %(b)s (buckets).
+# per bucket a primary-key range scan. The buckets are downsample.columns, passed as arrays of
+# first and last steps; PostgreSQL keeps no block summaries, so columns of whole blocks are read
+# point by point here too (correct, not faster). Sorting ascending, the lowest value is the
+# first -Inf, else the finite min (NaN sorts last); descending, the highest is the first NaN,
+# else the first +Inf, else the finite max. Only buckets where one of them is not finite ("odd")
+# need more: the finite min and max, and the first +Inf (hidden behind a NaN).
+# Parameters: %(sid)s (series id), %(lo)b and %(hi)b (each bucket's first and last step).
 _W = "series_id = %(sid)s AND step BETWEEN lo AND hi"
 _FINITE = "value > '-Infinity' AND value < 'Infinity'"  # NaN sorts above +Infinity
 M4 = f"""
-WITH bucket(lo, hi) AS (
-  SELECT (%(start)s::numeric + div(i * %(span)s::numeric + %(b)s - 1, %(b)s))::bigint,
-         (%(start)s::numeric + div((i + 1) * %(span)s::numeric + %(b)s - 1, %(b)s) - 1)::bigint
-  FROM generate_series(0, %(b)s - 1) AS i),
+WITH bucket(lo, hi) AS (SELECT * FROM unnest(%(lo)b::bigint[], %(hi)b::bigint[])),
 m(lo, hi, f, l, a, z) AS (SELECT lo, hi,
     (SELECT min(step) FROM points WHERE {_W}),
     (SELECT max(step) FROM points WHERE {_W}),

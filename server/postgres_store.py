@@ -18,6 +18,7 @@ import psycopg
 
 from trainvitals.protocol import Record, float_from_wire
 from trainvitals.server.alerts import Alert
+from trainvitals.server.downsample import columns
 from trainvitals.server.limits import Limits
 from trainvitals.server.postgres_ids import IdCache
 from trainvitals.server.postgres_schema import TABLES, create_or_check
@@ -192,12 +193,18 @@ class PostgresStore:
                 "SELECT min(step), max(step) FROM points WHERE series_id = %s "
                 "AND step BETWEEN %s AND %s", (series_id, lo_step(start), hi_step(end))
             ).fetchone() or (None, None)
-            # Buckets divide the steps the range actually holds, [lo, hi].
-            rows = [] if lo is None else conn.cursor(binary=True).execute(M4, {
-                "sid": series_id, "start": lo, "span": hi - lo + 1,
-                "b": max(1, min(buckets, hi - lo + 1))}).fetchall()
+            rows = [] if lo is None or hi is None else self._m4(conn, series_id,
+                                                                  columns(lo, hi, buckets))
             out.append(SeriesData(name, series_rank, [s for s, _ in rows], [v for _, v in rows]))
         return out
+
+    @staticmethod
+    def _m4(conn: psycopg.Connection[Any], series_id: int,
+            buckets: list[tuple[int, int]]) -> list[tuple[int, float]]:
+        """M4 points of one series over the given columns (``downsample.columns``)."""
+        return conn.cursor(binary=True).execute(M4, {
+            "sid": series_id, "lo": [first for first, _ in buckets],
+            "hi": [last for _, last in buckets]}).fetchall()
 
     @staticmethod
     def _series_ids(conn: psycopg.Connection[Any], run_id: int, name: str,

@@ -16,7 +16,7 @@ from trainvitals.server.run_views import add_routes as add_run_views
 from trainvitals.server.run_views import run_json
 from trainvitals.server.security import presented_token, token_ok
 from trainvitals.server.store import Store
-from trainvitals.server.wire_json import WireJSONResponse, to_wire
+from trainvitals.server.wire_json import WireJSONResponse
 
 __all__ = ["MAX_POINTS", "build_router"]
 
@@ -75,7 +75,7 @@ def build_router() -> APIRouter:
         _require_run(store, run_id)
         if buckets is not None:
             return WireJSONResponse({"run_id": run_id, "series": [
-                {**to_wire(data), "downsampled": thinned} for n in name
+                {**vars(data), "downsampled": thinned} for n in name  # NaN/Inf: at render
                 for data, thinned in for_width(store, run_id, n, rank=rank, start=start,
                                                end=end, buckets=buckets)]})
         found = [s for n in name for s in store.series(run_id, n, rank=rank, start=start,

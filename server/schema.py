@@ -1,6 +1,23 @@
-"""The SQLite schema, versioned. Bump ``SCHEMA_VERSION`` with every change to ``SCHEMA``."""
+"""The SQLite schema, versioned. Bump ``SCHEMA_VERSION`` with every change to ``SCHEMA``, and
+teach ``trainvitals.server.sqlite_migrate`` the way from the previous version.
 
-SCHEMA_VERSION = 1
+Version 2 added ``point_blocks`` (block summaries for fast long-range charts).
+"""
+
+SCHEMA_VERSION = 2
+
+POINT_BLOCKS = """
+-- per series and block of 1,024 steps (block = step >> 10), what M4 keeps of its points
+-- (trainvitals.server.blocks.Summary), kept exact with every write of points. NULL first/last
+-- values mean NaN; min/max are over finite values (NULL: none); *_step NULL: no such point.
+CREATE TABLE IF NOT EXISTS point_blocks (
+    series_id INTEGER NOT NULL, block INTEGER NOT NULL, count INTEGER NOT NULL,
+    first_step INTEGER NOT NULL, first_value REAL, last_step INTEGER NOT NULL, last_value REAL,
+    min_step INTEGER, min_value REAL, max_step INTEGER, max_value REAL,
+    nan_step INTEGER, pinf_step INTEGER, ninf_step INTEGER,
+    PRIMARY KEY (series_id, block)
+) WITHOUT ROWID;
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,7 +45,7 @@ CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
     PRIMARY KEY (series_id, step)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS steps (
+""" + POINT_BLOCKS + """CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
 ) WITHOUT ROWID;

@@ -15,10 +15,12 @@ from typing import Any
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire
 from trainvitals.server.alerts import Alert
-from trainvitals.server.downsample import SQLITE_M4
+from trainvitals.server.downsample import SQLITE_M4, by_blocks, columns
 from trainvitals.server.limits import LimitExceeded, Limits
 from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
 from trainvitals.server.series import step_values
+from trainvitals.server.sqlite_blocks import PendingBlocks, block_m4
+from trainvitals.server.sqlite_migrate import migrate
 from trainvitals.server.store import (
     ClipRow,
     OriginRow,
@@ -63,6 +65,7 @@ class SQLiteStore:
         self._stream_ids: dict[tuple[int, int, str], int] = {}
         # stream id -> highest seq up to which every seq is in `seen` (derivable; a cache)
         self._high_water: dict[int, int] = {}
+        self._blocks = PendingBlocks()  # block summaries of the write in progress
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -76,8 +79,7 @@ class SQLiteStore:
                         ).fetchone() is not None:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if found is not None and int(found[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} has schema version {found[0]}; this server "
-                               f"needs {SCHEMA_VERSION}. Use a new data directory.")
+            migrate(conn, self.path, int(found[0]))  # or refuse, touching nothing
         with conn:
             conn.executescript(SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
@@ -115,8 +117,10 @@ class SQLiteStore:
                         self._apply(conn, record)
                         accepted.append(record)
                 high_water = {key: self._advance(conn, sid) for key, sid in streams.items()}
+                self._blocks.flush(conn)
         except BaseException:
             self._forget_ids()  # the rollback may have taken ids cached during this write
+            self._blocks.clear()
             raise
         return WriteResult(accepted, dict(self._run_ids),
                            {key: seq for key, seq in high_water.items() if seq >= 0})
@@ -170,8 +174,14 @@ class SQLiteStore:
     def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
         rows = [(self._series_id(conn, run_id, step, name), step.step, value)
                 for name, value in step_values(step).items()]
-        conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) VALUES (?,?,?)",
-                         rows)
+        new = conn.executemany(
+            "INSERT OR IGNORE INTO points(series_id, step, value) VALUES (?,?,?)", rows).rowcount
+        if new == len(rows):
+            self._blocks.added(rows)
+        else:  # the step was written before: its values replace the stored ones
+            conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) "
+                             "VALUES (?,?,?)", rows)
+            self._blocks.rewritten(rows)
         conn.execute("INSERT OR REPLACE INTO steps(run_id, rank, step, time) VALUES (?,?,?,?)",
                      (run_id, step.rank, step.step, step.time))
         if step.clip is not None:
@@ -323,7 +333,8 @@ class SQLiteStore:
 
     def series_list(self, run_id: int) -> list[SeriesInfo]:
         rows = self._read_conn().execute(
-            "SELECT s.name, s.rank, (SELECT count(*) FROM points p WHERE p.series_id=s.id) "
+            "SELECT s.name, s.rank, (SELECT coalesce(sum(b.count), 0) FROM point_blocks b "
+            "WHERE b.series_id=s.id) "
             "FROM series s WHERE s.run_id=? ORDER BY s.name, s.rank", (run_id,))
         return [SeriesInfo(*row) for row in rows.fetchall()]
 
@@ -348,23 +359,13 @@ class SQLiteStore:
     def series_m4(self, run_id: int, name: str, *, rank: int | None = None,
                   start: int | None = None, end: int | None = None,
                   buckets: int) -> list[SeriesData]:
-        # The M4 query is in trainvitals.server.downsample, next to its Python reference.
         conn = self._read_conn()
         found = conn.execute(
             "SELECT id, rank FROM series WHERE run_id=? AND name=? AND (? IS NULL OR rank=?) "
             "ORDER BY rank", (run_id, name, rank, rank)).fetchall()
-        out = []
-        for series_id, series_rank in found:
-            lo, hi = conn.execute(
-                "SELECT min(step), max(step) FROM points WHERE series_id=? AND step>=? AND step<=?",
-                (series_id, lo_step(start), hi_step(end))).fetchone()
-            # Buckets divide the steps the range actually holds, [lo, hi].
-            rows = [] if lo is None else conn.execute(SQLITE_M4, {
-                "sid": series_id, "start": lo, "span": hi - lo + 1,
-                "b": max(1, min(buckets, hi - lo + 1))}).fetchall()
-            out.append(SeriesData(name, series_rank, [s for s, _ in rows],
-                                  [math.nan if v is None else v for _, v in rows]))
-        return out
+        within = (lo_step(start), hi_step(end))
+        return [SeriesData(name, series_rank, *_m4(conn, series_id, within, buckets))
+                for series_id, series_rank in found]
 
     def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
               limit: int | None = None) -> list[ClipRow]:
@@ -406,6 +407,7 @@ class SQLiteStore:
 _DELETE_RUN = (
     "DELETE FROM seen WHERE stream_id IN (SELECT id FROM streams WHERE run_id=?)",
     "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
+    "DELETE FROM point_blocks WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
     "DELETE FROM series WHERE run_id=?",
     "DELETE FROM steps WHERE run_id=?",
     "DELETE FROM clips WHERE run_id=?",
@@ -415,8 +417,28 @@ _DELETE_RUN = (
     "DELETE FROM runs WHERE id=?",
 )
 
+# The first and last step a series holds in [start, end]: two index seeks (min and max in one
+# SELECT would read every point of the range).
+_HELD = ("SELECT (SELECT min(step) FROM points WHERE series_id=? AND step BETWEEN ? AND ?), "
+         "(SELECT max(step) FROM points WHERE series_id=? AND step BETWEEN ? AND ?)")
+
 _RUN_SELECT = ("SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, "
                "r.reason, r.config FROM runs r")
+
+
+def _m4(conn: sqlite3.Connection, series_id: int, within: tuple[int, int],
+        buckets: int) -> tuple[list[int], list[float]]:
+    """One series' M4 points in [start, end] = ``within`` (see ``downsample.m4``)."""
+    # The queries are in trainvitals.server.downsample (equal columns, point by point) and
+    # trainvitals.server.sqlite_blocks (columns of whole blocks, from their summaries).
+    lo, hi = conn.execute(_HELD, (series_id, *within, series_id, *within)).fetchone()
+    if lo is None:
+        return [], []
+    if by_blocks(lo, hi, buckets):
+        return block_m4(conn, series_id, columns(lo, hi, buckets), within)
+    rows = conn.execute(SQLITE_M4, {"sid": series_id, "start": lo, "span": hi - lo + 1,
+                                    "b": min(buckets, hi - lo + 1)}).fetchall()
+    return [s for s, _ in rows], [math.nan if v is None else v for _, v in rows]
 
 
 def _count(conn: sqlite3.Connection, sql: str, *params: Any) -> int:

@@ -135,8 +135,14 @@ class Store(Protocol):
                   start: int | None = None, end: int | None = None,
                   buckets: int) -> list[SeriesData]:
         """Points of one series (per rank) in [start, end], downsampled for ``buckets`` pixel
-        columns: per column first, last, min, max and the first NaN/+Inf/-Inf (see
-        ``trainvitals.server.downsample.m4``, which this must equal)."""
+        columns: exactly ``trainvitals.server.downsample.m4`` of the series' points.
+
+        The steps the range holds, [lo, hi], are cut into ``downsample.columns(lo, hi,
+        buckets)`` — at most ``buckets`` columns; runs of whole 1,024-step blocks when [lo, hi]
+        touches at least ``buckets`` blocks, else equal step ranges — and each column keeps
+        its first, last, finite min and finite max point (ties: the earliest step) and its
+        first NaN, +Inf and -Inf, in step order. Columns may differ in width (by up to a
+        block, and at the range's cut ends); callers plot the returned points as they are."""
 
     def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
               limit: int | None = None) -> list[ClipRow]:

@@ -9,7 +9,8 @@ written with ``repr`` precision, and JSON text columns are copied verbatim.
 
 Export reads a consistent snapshot while the server runs (WAL). Import writes each run in one
 transaction into the target data directory — the server there may be running — and skips
-runs whose name it already has.
+runs whose name it already has. Derived tables (``point_blocks``, the block summaries) are not
+exported; import rebuilds them from the points in the run's transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trainvitals.protocol import float_from_wire, float_to_wire
+from trainvitals.server.sqlite_blocks import rebuild
 from trainvitals.server.sqlite_store import SQLiteStore, configure
 
 __all__ = ["FORMAT", "ImportResult", "Progress", "export_runs", "import_runs"]
@@ -31,6 +33,7 @@ FORMAT = "trainvitals-runs"
 VERSION = 1
 CHUNK = 20_000  # rows per line: bounded memory on both sides
 PARENTS = {"run_id": "runs", "stream_id": "streams", "series_id": "series"}
+DERIVED = frozenset({"point_blocks"})  # not exported: import rebuilds them from the points
 Progress = Callable[[int, int], None]  # (done, total): rows on export, bytes on import
 
 
@@ -58,7 +61,7 @@ def _tables(conn: sqlite3.Connection) -> list[_Table]:
     found: list[_Table] = []
     names = [n for (n,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-    for name in names:
+    for name in (n for n in names if n not in DERIVED):
         info = conn.execute(f"PRAGMA table_info({name})").fetchall()
         columns = tuple(row[1] for row in info)
         link = "id" if name == "runs" else next((c for c in PARENTS if c in columns), None)
@@ -187,6 +190,7 @@ class _Importer:
                 self._insert(self._tables[obj["table"]], obj["columns"], obj["rows"])
         elif kind == "end" and self._run is not None:
             if not self._skip:
+                rebuild(self._conn, self._ids.get("series", {}).values())
                 self._conn.execute("COMMIT")
             (self._result.skipped if self._skip else self._result.imported).append(self._run)
             self._run = None

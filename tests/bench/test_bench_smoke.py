@@ -110,11 +110,16 @@ def test_longrun_keeps_every_spike(launched) -> None:
     body = [r for r in rows(out) if r[0] != "query"]
     assert [(r[0].split(" (")[0], r[1]) for r in body] == [
         ("SQLiteStore.series_m4", "cold"), ("SQLiteStore.series_m4", "warm"),
+        ("SQLiteStore.series_m4, steps 20,001–179,999", "warm"),
         ("SQLiteStore.series, no downsampling", "warm"),
         ("GET /api/runs/1/series?name=loss&buckets=2000", "cold (first call)"),
-        ("GET /api/runs/1/series?name=loss&buckets=2000", "warm")]
-    assert {r[6] for r in body} == {"403/403"}  # 400 spikes/dips + NaN, +Inf, -Inf
-    assert body[2][5] == "200,000"
+        ("GET /api/runs/1/series?name=loss&buckets=2000", "warm"),
+        ("GET /api/runs/1", "warm")]
+    whole_range = body[:2] + body[3:6]
+    assert {r[6] for r in whole_range} == {"403/403"}  # 400 spikes/dips + NaN, +Inf, -Inf
+    kept, wanted = body[2][6].split("/")  # the zoomed range: per column its extremes
+    assert kept == wanted and int(wanted) > 300
+    assert body[3][5] == "200,000"
 
 
 def test_memory_reports_server_and_plugin(launched) -> None:

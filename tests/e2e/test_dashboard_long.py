@@ -2,8 +2,9 @@
 
 The long run is written straight into a real SQLite file (the real write path for a million
 ``Step`` records would take minutes): a few real records create the run and its series, then
-the points are bulk-inserted. One step holds a spike 1e6 times the loss; M4 downsampling must
-put it on the chart in the initial full view, and zooming must fetch every point of the range.
+the points are bulk-inserted and their block summaries rebuilt. One step holds a spike 1e6
+times the loss; M4 downsampling must put it on the chart in the initial full view, and zooming
+must fetch every point of the range.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Batch, ClipEvent, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings, SQLiteStore
+from trainvitals.server.sqlite_blocks import rebuild
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -65,6 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
                                     (long_id,)).fetchone()
         conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?)",
                          ((series_id, s, loss(s)) for s in range(STEPS)))
+        rebuild(conn, [series_id])  # the block summaries that the store keeps with its writes
         conn.execute("UPDATE runs SET last_step=? WHERE id=?", (STEPS - 1, long_id))
     with ServerThread(settings) as srv:
         with connect(f"{srv.ws_url}/ws/ingest", additional_headers={

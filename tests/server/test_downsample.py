@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from trainvitals.protocol import Step
 from trainvitals.server import ServerThread, SQLiteStore, Store
-from trainvitals.server.downsample import MAX_BUCKETS, bucket_of, bucket_range, m4
+from trainvitals.server.downsample import MAX_BUCKETS, bucket_of, bucket_range, by_blocks, m4
+from trainvitals.server.sqlite_blocks import rebuild
 
 NAN, INF = math.nan, math.inf
 SPIKE_STEP, SPIKE = 777_777, 1.0e6
@@ -89,15 +90,62 @@ def test_store_m4_equals_the_reference_on_noisy_data_with_nan_and_inf(store: Sto
     for start, end, buckets in [(None, None, 100), (None, None, 7), (1000, 5000, 64),
                                 (steps[10], steps[10], 3), (None, None, 5000)]:
         (got,) = store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
-        inside = [(s, v) for s, v in zip(steps, values, strict=True)
-                  if (start is None or s >= start) and (end is None or s <= end)]
-        lo, hi = inside[0][0], inside[-1][0]  # buckets divide the steps the range holds
-        want_steps, want_values = m4([s for s, _ in inside], [v for _, v in inside],
-                                     start=lo, end=hi, buckets=min(buckets, hi - lo + 1))
+        want_steps, want_values = m4(steps, values, start=start, end=end, buckets=buckets)
         assert got.steps == want_steps, (start, end, buckets)
         assert same(got.values, want_values)
     assert store.series_m4(run_id, "loss", start=30_000, buckets=10)[0].steps == []
     assert store.series_m4(run_id, "missing", buckets=10) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_store_m4_equals_the_reference_by_blocks_and_point_by_point(
+        store: Store, seed: int) -> None:
+    """Columns of whole blocks (from summaries) and equal columns (point by point), on ranges
+    that cut blocks, over gaps, negative steps, spikes, ties, NaN/±Inf and rewritten steps."""
+    rng = random.Random(seed)
+    steps = sorted(rng.sample(range(-3000, 12_000), 2500) + rng.sample(range(20_000, 40_000),
+                                                                        2500))
+    def value() -> float:
+        roll = rng.random()
+        return (rng.choice([NAN, INF, -INF]) if roll < 0.03 else rng.choice([1e6, -1e6])
+                if roll < 0.04 else rng.choice([0.0, 1.0]) if roll < 0.1 else rng.gauss(0, 1))
+    points = {s: value() for s in steps}
+    run_id = write_series(store, f"blocks-{seed}", list(points.values()), steps)
+    again = rng.sample(steps, 300)  # a resumed session writes these steps again
+    store.write([Step(run=f"blocks-{seed}", session="again", seq=i, step=s, time=9.0, loss=v)
+                 for i, (s, v) in enumerate((s, value()) for s in again)])
+    (stored,) = store.series(run_id, "loss")
+    points = dict(zip(stored.steps, stored.values, strict=True))  # what the store now holds
+    paths = set()
+    for start, end, buckets in [(None, None, 1), (None, None, 7), (None, None, 42),
+                                (None, None, 43), (None, None, 500), (1000, 30_500, 9),
+                                (-2500, 25_000, 30), (1500, 1600, 2), (1500, 1600, 200),
+                                (-1, 3000, 4), (11_000, 21_000, 3), (2048, 4095, 2),
+                                (1500, 1600, 1), (2048, 2500, 1), (1500, 2047, 1)]:
+        (got,) = store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
+        want_steps, want_values = m4(list(points), list(points.values()), start=start, end=end,
+                                     buckets=buckets)
+        assert got.steps == want_steps, (start, end, buckets)
+        assert same(got.values, want_values)
+        held = [s for s in points if (start is None or s >= start) and (end is None or s <= end)]
+        paths.add(by_blocks(min(held), max(held), buckets))
+        finite = [points[s] for s in held if math.isfinite(points[s])]
+        assert {min(finite), max(finite)} <= set(got.values), "a spike was lost"
+    assert paths == {True, False}
+
+
+def test_store_m4_at_the_ends_of_the_step_range(store: Store) -> None:
+    """Blocks and columns at the most negative and the largest 64-bit steps."""
+    lowest, highest = -(2**63), 2**63 - 1
+    steps = [lowest, lowest + 1, lowest + 1500, -1, 0, 5, highest - 2000, highest - 1, highest]
+    values = [3.0, NAN, -INF, 1.0, 2.0, INF, -5.0, 7.0, 0.5]
+    run_id = write_series(store, "edges", values, steps)
+    for start, end, buckets in [(None, None, 1), (None, None, 3), (None, None, 50),
+                                (lowest + 1, highest - 1, 2), (-10, highest, 4)]:
+        (got,) = store.series_m4(run_id, "loss", start=start, end=end, buckets=buckets)
+        want_steps, want_values = m4(steps, values, start=start, end=end, buckets=buckets)
+        assert got.steps == want_steps, (start, end, buckets)
+        assert same(got.values, want_values)
 
 
 _values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
@@ -108,14 +156,13 @@ _counter = iter(range(10**9))
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(_values, min_size=1, max_size=60), buckets=st.integers(1, 20),
-       stride=st.integers(1, 5))
+       stride=st.sampled_from([1, 2, 5, 300, 1024, 1500]), offset=st.integers(-5000, 5000))
 def test_store_m4_equals_the_reference_for_any_values(
-        store: Store, values: list[float], buckets: int, stride: int) -> None:
-    steps = [i * stride for i in range(len(values))]
+        store: Store, values: list[float], buckets: int, stride: int, offset: int) -> None:
+    steps = [offset + i * stride for i in range(len(values))]  # in one block or in many
     run_id = write_series(store, f"prop-{next(_counter)}", values, steps)
     (got,) = store.series_m4(run_id, "loss", buckets=buckets)
-    want_steps, want_values = m4(steps, values, start=0, end=steps[-1],
-                                 buckets=min(buckets, steps[-1] + 1))
+    want_steps, want_values = m4(steps, values, buckets=buckets)
     assert got.steps == want_steps
     assert same(got.values, want_values)
 
@@ -157,6 +204,7 @@ def million(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, in
         (series_id,) = conn.execute("SELECT id FROM series WHERE name='loss'").fetchone()
         conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?)",
                          ((series_id, s, spiky(s)) for s in range(MILLION)))
+        rebuild(conn, [series_id])  # points written behind the store's back need their blocks
         conn.execute("UPDATE runs SET last_step=? WHERE id=?", (MILLION - 1, run_id))
     yield path, run_id
 

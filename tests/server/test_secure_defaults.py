@@ -279,8 +279,11 @@ def _placeholders(node: ast.AST) -> bool:
 
 def _static(node: ast.AST | None, env: set[str]) -> bool:
     """Text written in the code: literals, and names bound only to such text."""
-    if isinstance(node, ast.Constant):
-        return isinstance(node.value, str)
+    if isinstance(node, ast.Constant):  # text, or a number (which cannot carry SQL)
+        return isinstance(node.value, (str, int, float)) and not isinstance(node.value, bool)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "format" and _static(node.func.value, env)):
+        return all(_static(a, env) for a in [*node.args, *(k.value for k in node.keywords)])
     if isinstance(node, ast.JoinedStr):
         return all(_static(v.value, env) for v in node.values
                    if isinstance(v, ast.FormattedValue))
