@@ -3,10 +3,6 @@
 // Points are added one by one (from REST on load, from the websocket afterwards). Before the
 // first draw they collect in the trace objects; afterwards they are batched and appended with
 // Plotly.extendTraces (new series with Plotly.addTraces) — no full redraw per update.
-// Batching is paced by one animation-frame loop shared by every chart (see `frames`): a chart
-// with new points is flushed at the next frame once the previous flush's plotly work is done,
-// so a point waits about one frame on an idle page, and on a busy one draws never pile up
-// behind each other (the batch just grows). A hidden tab draws nothing until it is shown.
 //
 // Non-finite values never vanish: NaN, +Inf and -Inf (and, on a log axis, values <= 0) leave a
 // gap in their line and get a marker on a hidden overlay axis whose range is the plot height,
@@ -37,49 +33,7 @@ const CONFIG = {
   modeBarButtonsToRemove: ['select2d', 'lasso2d', 'autoScale2d'],
 };
 
-/**
- * The frame loop shared by every chart. Charts with new points wait in `dirty`; at the next
- * animation frame the ones on screen are flushed together (an off-screen chart keeps its batch
- * until it scrolls into view: drawing what nobody sees would only delay what they do see). The
- * next frame is asked for once that flush's plotly work is done and at least as long again has
- * passed, so the page spends at most about half its time drawing and stays responsive.
- */
-const frames = { dirty: new Set(), asked: false, busy: false, onScreen: new WeakSet() };
-
-const screen = typeof IntersectionObserver === 'undefined' ? null
-  : new IntersectionObserver((entries) => {
-    for (const { target, isIntersecting } of entries) {
-      if (isIntersecting) frames.onScreen.add(target);
-      else frames.onScreen.delete(target);
-    }
-    if (frames.dirty.size) askFrame();
-  });
-
-function shown(chart) {
-  return screen === null || frames.onScreen.has(chart.el);
-}
-
-function askFrame() {
-  if (frames.asked || frames.busy) return;
-  frames.asked = true;
-  requestAnimationFrame(flushDirty);
-}
-
-function flushDirty() {
-  frames.asked = false;
-  const charts = [...frames.dirty].filter(shown);
-  if (!charts.length) return;
-  const started = performance.now();
-  frames.busy = true;
-  for (const chart of charts) chart.flush();
-  Promise.all(charts.map((chart) => chart.settled())).finally(() => {
-    const spent = performance.now() - started;
-    setTimeout(() => {
-      frames.busy = false;
-      if ([...frames.dirty].some(shown)) askFrame();
-    }, spent);
-  });
-}
+const FLUSH_MS = 50;
 
 /** 'finite', or the EDGES kind under which `v` is drawn. */
 export function classify(v, logY) {
@@ -131,7 +85,7 @@ export class Chart {
     this.markStep = null; // a step highlighted by a vertical line (alert clicked), or null
     this.listening = false;
     this.ops = Promise.resolve();
-    if (screen !== null) screen.observe(el);
+    this.timer = null;
     this.draws = 0; // full draws (Plotly.react) so far; live updates must not add to it
     this.reset();
   }
@@ -145,7 +99,8 @@ export class Chart {
     this.unsent = new Map(); // "kind:step" -> [text array, index] of an edge marker not sent yet
     this.plotted = 0; // traces [0, plotted) are on the plot
     this.drawn = false;
-    frames.dirty.delete(this);
+    clearTimeout(this.timer);
+    this.timer = null;
     for (const kind of Object.keys(EDGES)) {
       if (kind !== 'nonpos' || this.logY) this.trace(`edge:${kind}`, () => edgeTrace(kind));
     }
@@ -309,7 +264,8 @@ export class Chart {
 
   /** Draw everything from scratch (first load, reload after resync/reconnect). */
   draw() {
-    frames.dirty.delete(this); // the full draw below takes what was pending
+    clearTimeout(this.timer);
+    this.timer = null;
     // A copy: plotly keeps the array it is given as gd.data and appends to it in addTraces.
     const traces = this.traces.slice();
     this.pending = new Map();
@@ -323,15 +279,13 @@ export class Chart {
     });
   }
 
-  /** Append what was added since the last draw/flush at the next frame (updates are batched). */
+  /** Append what was added since the last draw/flush, soon (updates are batched). */
   schedule() {
-    if (!this.drawn) return;
-    frames.dirty.add(this);
-    askFrame();
+    if (this.drawn && this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
   }
 
   flush() {
-    frames.dirty.delete(this);
+    this.timer = null;
     if (!this.drawn) return;
     const added = this.traces.slice(this.plotted);
     const pending = this.pending;
@@ -362,8 +316,8 @@ export class Chart {
   }
 
   destroy() {
-    frames.dirty.delete(this);
-    if (screen !== null) screen.unobserve(this.el);
+    clearTimeout(this.timer);
+    this.timer = null;
     this.enqueue(() => window.Plotly.purge(this.el));
   }
 }
