@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -104,13 +105,15 @@ class Link:
         self, url: str, token: str | None, spool: Spool, stream: Stream, stats: DeliveryStats,
         changed: threading.Condition, *, batch_size: int = 256,
         max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, window: int = 2048,
-        idle_poll: float = 0.05, connect: Callable[..., ClientConnection] = connect,
+        idle_poll: float = 0.05, linger: float = 0.05,
+        connect: Callable[..., ClientConnection] = connect,
     ) -> None:
         self.urls, self._at = ingest_urls(url), 0  # the servers; the one in use (or next)
         self._token, self._spool, self._stream = token, spool, stream
         self._stats, self._changed = stats, changed
         self._batch, self._max_frame, self._window = batch_size, max_frame_bytes, window
         self._idle, self._connect_fn = idle_poll, connect
+        self._linger, self._last_send = linger, -float("inf")
         self._limit = max_frame_bytes
         self._ws: ClientConnection | None = None
         self._next = 0  # the seq to send next
@@ -139,7 +142,7 @@ class Link:
                     self._await_records()  # connect when there is something to deliver
                 elif self._ws is None and not self._connect_any():
                     self.stop.wait(next(self._delays))
-                elif self._send():
+                elif self._linger_over() and self._send():
                     self._receive(0.0)
                 elif self._sent_up_to > self._spool.acked:
                     self._receive(self._idle)  # the ack on its way wakes us
@@ -149,6 +152,15 @@ class Link:
             log.exception("trainvitals: sender thread failed; records stay in the spool")
         finally:
             self._disconnect()
+
+    def _linger_over(self) -> bool:
+        """At most one frame per ``linger`` seconds: records spooled sooner wait and leave
+        together, so a fast loop costs the server (often on the same machine) one commit per
+        ``linger``, not one per step; a record after a quiet spell leaves at once."""
+        wait = self._last_send + self._linger - time.monotonic()
+        if wait > 0:
+            self.stop.wait(wait)
+        return not self.stop.is_set()
 
     def _await_records(self) -> None:
         """Nothing in flight and nothing to send: sleep until the collector spools a record
@@ -242,6 +254,7 @@ class Link:
             self._stats.sent += fresh
             self._stats.resent += len(lines) - fresh
         self._sent_up_to, self._next = max(self._sent_up_to, last), last + 1
+        self._last_send = time.monotonic()
         return True
 
     def _fit(self, line: str, budget: int) -> str:
