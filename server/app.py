@@ -6,6 +6,7 @@ as many apps as they like on temporary databases.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -55,8 +56,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     retention = Retention(store, writer, retain_days=settings.retain_days,
                           retain_bytes=settings.retain_bytes,
                           interval=settings.retention_interval)
-    metrics = ServerMetrics(writer, hub, store, _disk_bytes(store, settings))
     relay = _replica_relay(settings, hub)
+    metrics = ServerMetrics(writer, hub, store, _disk_bytes(store, settings),
+                            None if relay is None else lambda: dataclasses.asdict(relay.stats))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

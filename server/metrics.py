@@ -8,7 +8,7 @@ the store and its files), so ingest pays nothing for metrics. Each app has its o
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -42,8 +42,10 @@ class ServerMetrics(Collector):
     """The server's metrics; ``producer()`` wraps each trainer connection to count it."""
 
     def __init__(self, writer: Writer, hub: Hub, store: Store,
-                 disk_bytes: Callable[[], int]) -> None:
+                 disk_bytes: Callable[[], int],
+                 relay_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
         self._writer, self._hub, self._store, self._disk_bytes = writer, hub, store, disk_bytes
+        self._relay_counts = relay_counts  # replicas on PostgreSQL only
         self.producers = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -80,6 +82,19 @@ class ServerMetrics(Collector):
                                 "Bytes the store takes on disk: the SQLite file plus its "
                                 "write-ahead log, or the PostgreSQL tables with their indexes.",
                                 value=self._disk_bytes())
+        if self._relay_counts is not None:
+            yield self._relay()
+
+    def _relay(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "trainvitals_relay_messages", "Live messages between replicas (LISTEN/NOTIFY), by "
+            "event: sent, received, spilled (too big for a NOTIFY), dropped (full queue or a "
+            "failed send), resyncs_sent, reconnects (of the LISTEN connection).",
+            labels=["event"])
+        assert self._relay_counts is not None
+        for event, n in sorted(self._relay_counts().items()):
+            family.add_metric([event], n)
+        return family
 
     def _open_alerts(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily("trainvitals_open_alerts", "Open alerts by run and severity.",

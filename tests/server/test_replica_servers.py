@@ -164,3 +164,24 @@ def test_a_stream_that_fails_over_keeps_its_open_alert_without_opening_it_again(
     response = httpx.get(f"{b.http_url}/api/alerts", params={"run": "moves"}, timeout=10)
     (alert,) = response.json()["alerts"]
     assert (alert["state"], alert["first_step"], alert["last_step"]) == ("open", 0, 1)
+
+
+def relay_counts(srv: ServerThread) -> dict[str, float]:
+    text = httpx.get(f"{srv.http_url}/metrics", timeout=10).text
+    prefix = 'trainvitals_relay_messages_total{event="'
+    return {line[len(prefix):].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def test_metrics_count_what_the_relay_sent_and_received(
+        postgres_url: str, start_server: StartServer, ingest_token: str) -> None:
+    a = start_server(database_url=postgres_url)
+    b = start_server(database_url=postgres_url)
+    with viewer(b) as on_b:
+        follow_all(on_b)
+        ingest(a, ingest_token, [RunStart(run="counted", session="s")])
+        receive_until(on_b, started("counted"))  # relayed: A sent it, B received it
+    sent, received = relay_counts(a), relay_counts(b)
+    assert sent["sent"] >= 1 and received["received"] >= 1
+    assert set(sent) == {"sent", "received", "spilled", "dropped", "resyncs_sent", "reconnects"}
+    assert (sent["dropped"], received["dropped"]) == (0, 0)
