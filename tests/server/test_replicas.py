@@ -158,3 +158,23 @@ async def test_a_full_outgoing_queue_drops_and_then_tells_the_others_to_resync(
     finally:
         await a.relay.stop()
         await b.relay.stop()
+
+
+async def test_a_spilled_message_swept_before_it_was_read_resyncs_the_reader(
+        postgres_url: str, pair: tuple[Replica, Replica]) -> None:
+    # A trigger deletes every spilled row as it is written: the reader finds it gone, as it
+    # would after falling spill_ttl behind, and its viewers must reload rather than miss it.
+    a, b = pair
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+        await admin.execute(
+            "CREATE FUNCTION sweep_at_once() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN DELETE FROM trainvitals_relay WHERE id = NEW.id; RETURN NULL; END $$")
+        await admin.execute("CREATE TRIGGER sweep_at_once AFTER INSERT ON trainvitals_relay "
+                            "FOR EACH ROW EXECUTE FUNCTION sweep_at_once()")
+    record = {"rank": 0, "step": 0, "time": 1.0, "clip": None,
+              "values": {f"tensor/m{k}/max": float(k) for k in range(2000)}}  # ~40 kB alone
+    a.hub.publish("big", {"type": "steps", "run": "big", "run_id": 7, "records": [record]})
+    assert await b.next() == RESYNC
+    assert a.relay.stats.spilled == 1
+    a.hub.publish("r", msg(2))
+    assert await b.next() == msg(2)  # and it goes on relaying
