@@ -10,12 +10,8 @@ no training call waits on the network.
 from __future__ import annotations
 
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,76 +23,6 @@ from trainvitals import Monitor
 
 TOKEN = "kill9-ingest-token"
 CALLS_PER_STEP = 3  # tensor, clip_guard, log_step
-
-
-def wait_for(condition: Callable[[], bool], what: str, polls: int = 600) -> None:
-    """Poll every 50 ms until ``condition()``; bounded by a count, not asserted on time."""
-    pause = threading.Event()
-    for _ in range(polls):
-        if condition():
-            return
-        pause.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class ServeProcess:
-    """``python -m trainvitals.cli serve`` on a fixed port and data directory."""
-
-    def __init__(self, port: int, data: Path, log: Path) -> None:
-        self.port, self.data, self.log = port, data, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServeProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trainvitals.cli", "serve", "--port", str(self.port),
-                 "--data-dir", str(self.data), "--ingest-token", TOKEN, "--no-log-alerts",
-                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, f"the server on port {self.port} (log: {self.log})", polls=1200)
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited: {self.log.read_text()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # SIGKILL: no shutdown, no final commit
-        assert self.proc.wait(30) == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
-@pytest.fixture
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def servers() -> Iterator[list[ServeProcess]]:
-    """Server processes a test started; stopped (if still alive) afterwards."""
-    made: list[ServeProcess] = []
-    yield made
-    for srv in made:
-        srv.stop()
 
 
 def train(mon: Monitor, steps: range) -> None:
@@ -118,11 +44,11 @@ def stored(data: Path, session: str) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_restart_every_step_exactly_once(
-        servers: list[ServeProcess], port: int, tmp_path: Path,
+        serve: Callable[..., Any], wait_for: Callable[..., None], tmp_path: Path,
         record_property: Callable[[str, Any], None]) -> None:
     data, spool = tmp_path / "data", tmp_path / "spool"
-    first = ServeProcess(port, data, tmp_path / "serve-1.log").start()
-    servers.append(first)
+    first = serve(data, tmp_path / "serve-1.log", token=TOKEN)
+    port = first.port  # the restarted server takes the same port and data directory
     mon = Monitor("kill9", server=f"ws://127.0.0.1:{port}", token=TOKEN, spool=spool,
                   close_timeout=30)
     try:
@@ -144,8 +70,7 @@ def test_kill_9_mid_run_then_restart_every_step_exactly_once(
         # 20-39 unacknowledged, 40-59 only in the spool (once the collector has caught up)
         wait_for(lambda: mon.stats().pending == 40, "40 records kept in the spool")
 
-        second = ServeProcess(port, data, tmp_path / "serve-2.log").start()
-        servers.append(second)
+        second = serve(data, tmp_path / "serve-2.log", token=TOKEN, port=port)
         train(mon, range(60, 80))
         assert mon.flush(60), mon.stats()
     finally:
