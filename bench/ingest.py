@@ -35,7 +35,7 @@ from pyspy import py_spy, summarise
 from websockets.sync.client import connect
 
 from trainvitals.protocol import Ack, Batch, Error, RunStart, Step, TensorStats, decode, encode
-from trainvitals.server.series import step_values
+from trainvitals.protocol.series import step_values
 
 TARGET = 1_000_000  # values per second
 _SEQ, _STEP = 1_000_000_001, 2_000_000_002  # markers replaced in the record template

@@ -1,7 +1,7 @@
 """Long runs: a 10,000,000-point series downsampled (M4) to 2,000 pixel columns, cold and warm.
 
 The store file is built once, directly in the real schema (``SCHEMA`` from
-``trainvitals.server.schema``), and cached in ``bench/.data/longrun-<N>/`` (gitignored). The
+``store.sqlite.schema``), and cached in ``bench/.data/longrun-<N>/`` (gitignored). The
 series is a noisy decaying loss with one upward spike in each of 200 pixel columns, one
 downward dip in each of 200 others, and NaN, +Inf and -Inf at a few steps. Timed:
 
@@ -44,9 +44,9 @@ from common import (
 )
 
 from trainvitals.server import SQLiteStore
-from trainvitals.server.downsample import columns
-from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
-from trainvitals.server.sqlite_blocks import rebuild
+from trainvitals.server.store.downsample import columns
+from trainvitals.server.store.sqlite.blocks import rebuild
+from trainvitals.server.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
 
 TARGET_MS = 50.0
 RUN, SERIES = "longrun", "loss"

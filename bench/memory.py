@@ -39,8 +39,8 @@ from ingest import VALUES_PER_RECORD, FrameMaker, _expect_ack
 from websockets.sync.client import connect
 
 from trainvitals.protocol import Ack, decode
-from trainvitals.server.schema import SCHEMA, SCHEMA_VERSION
-from trainvitals.server.sqlite_blocks import rebuild
+from trainvitals.server.store.sqlite.blocks import rebuild
+from trainvitals.server.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
 
 BULK_SERIES = ("loss", "loss_used", "grad_norm", "lr")
 

@@ -16,26 +16,26 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from trainvitals.server.alerts import AlertConfig, AlertEngine, Threshold
-from trainvitals.server.hub import Hub
-from trainvitals.server.ingest import serve_ingest
-from trainvitals.server.limits import Limits
-from trainvitals.server.live import serve_viewer
-from trainvitals.server.metrics import ServerMetrics, store_bytes
-from trainvitals.server.metrics import build_router as metrics_router
-from trainvitals.server.rest import build_router as rest_router
-from trainvitals.server.retention import Retention
+from trainvitals.server.http.metrics import ServerMetrics, store_bytes
+from trainvitals.server.http.metrics import build_router as metrics_router
+from trainvitals.server.http.responses import WireJSONResponse
+from trainvitals.server.http.rest import build_router as rest_router
+from trainvitals.server.http.static import build_router as static_router
+from trainvitals.server.ingest.endpoint import serve_ingest
+from trainvitals.server.ingest.retention import Retention
+from trainvitals.server.ingest.writer import Writer
+from trainvitals.server.live.hub import Hub
+from trainvitals.server.live.viewers import serve_viewer
+from trainvitals.server.notify.sinks import AlertSink, BrowserSink, LogSink
+from trainvitals.server.notify.webhook import WebhookSink
 from trainvitals.server.security import SECURITY_HEADERS, redact_tokens_in_logs
 from trainvitals.server.settings import Settings
-from trainvitals.server.sinks import AlertSink, BrowserSink, LogSink
-from trainvitals.server.sqlite_store import SQLiteStore
-from trainvitals.server.static import build_router as static_router
 from trainvitals.server.store import Store
-from trainvitals.server.webhook import WebhookSink
-from trainvitals.server.wire_json import WireJSONResponse
-from trainvitals.server.writer import Writer
+from trainvitals.server.store.limits import Limits
+from trainvitals.server.store.sqlite.store import SQLiteStore
 
 if TYPE_CHECKING:
-    from trainvitals.server.replicas import ReplicaRelay
+    from trainvitals.server.live.relay import ReplicaRelay
 
 __all__ = ["create_app"]
 
@@ -127,7 +127,7 @@ def _default_store(settings: Settings) -> Store:
     if settings.database_url is None:
         return SQLiteStore(settings.db_path, limits=limits)
     # Imported only here: psycopg is needed only by those who configure PostgreSQL.
-    from trainvitals.server.postgres_store import PostgresStore
+    from trainvitals.server.store.postgres.store import PostgresStore
 
     return PostgresStore(settings.database_url, limits=limits)
 
@@ -142,7 +142,7 @@ def _replica_relay(settings: Settings, hub: Hub) -> ReplicaRelay | None:
     """On PostgreSQL, live messages go to and come from every replica on that database."""
     if settings.database_url is None:
         return None
-    from trainvitals.server.replicas import ReplicaRelay  # psycopg: only if configured
+    from trainvitals.server.live.relay import ReplicaRelay  # psycopg: only if configured
 
     return ReplicaRelay(settings.database_url, hub)
 

@@ -13,17 +13,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "attach",
-           "exp_overflow_log"]
+           "exp_overflow_log", "time_watch"]
 
 if TYPE_CHECKING:
     from trainvitals.trainer_plugin.adapters.plain import attach
-    from trainvitals.trainer_plugin.clip import NonFiniteLossError
+    from trainvitals.trainer_plugin.delivery.sender import DeliveryStats
     from trainvitals.trainer_plugin.monitor import CallTimes, Monitor
-    from trainvitals.trainer_plugin.sender import DeliveryStats
-    from trainvitals.trainer_plugin.stats import exp_overflow_log
+    from trainvitals.trainer_plugin.values.clip import NonFiniteLossError
+    from trainvitals.trainer_plugin.values.stats import exp_overflow_log
+    from trainvitals.trainer_plugin.watch.cost import time_watch
 
-_HOMES = {"NonFiniteLossError": "clip", "CallTimes": "monitor", "Monitor": "monitor",
-          "DeliveryStats": "sender", "exp_overflow_log": "stats", "attach": "adapters.plain"}
+_HOMES = {"NonFiniteLossError": "values.clip", "CallTimes": "monitor", "Monitor": "monitor",
+          "DeliveryStats": "delivery.sender", "exp_overflow_log": "values.stats",
+          "attach": "adapters.plain", "time_watch": "watch.cost"}
 
 
 def __getattr__(name: str) -> Any:

@@ -26,16 +26,16 @@ from typing import Any, TypeVar
 import torch
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, check_name
-from trainvitals.trainer_plugin.clip import GuardSpec, OnNonFinite, guard_loss
-from trainvitals.trainer_plugin.denominators import denominator_scalars
-from trainvitals.trainer_plugin.link import ingest_url as _ingest_url
-from trainvitals.trainer_plugin.pending import PendingStep, TensorMeta
-from trainvitals.trainer_plugin.sender import DeliveryStats, make_sender
-from trainvitals.trainer_plugin.staging import StepStaging
-from trainvitals.trainer_plugin.stats import tensor_stats
-from trainvitals.trainer_plugin.updates import UpdateWatch
-from trainvitals.trainer_plugin.watch import ModuleWatch
-from trainvitals.trainer_plugin.watchset import WatchSet
+from trainvitals.trainer_plugin.delivery.link import ingest_url as _ingest_url
+from trainvitals.trainer_plugin.delivery.sender import DeliveryStats, make_sender
+from trainvitals.trainer_plugin.values.clip import GuardSpec, OnNonFinite, guard_loss
+from trainvitals.trainer_plugin.values.denominators import denominator_scalars
+from trainvitals.trainer_plugin.values.pending import PendingStep, TensorMeta
+from trainvitals.trainer_plugin.values.staging import StepStaging
+from trainvitals.trainer_plugin.values.stats import tensor_stats
+from trainvitals.trainer_plugin.watch.modules import ModuleWatch
+from trainvitals.trainer_plugin.watch.optimizer import UpdateWatch
+from trainvitals.trainer_plugin.watch.registry import WatchSet
 
 __all__ = ["CallTimes", "Monitor"]
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from trainvitals.protocol import Step
+from trainvitals.protocol.series import step_values
 from trainvitals.server.alerts.headroom import headroom
 from trainvitals.server.alerts.learning import no_learning
 from trainvitals.server.alerts.memory import RankMemory
@@ -21,7 +22,6 @@ from trainvitals.server.alerts.nonfinite import nonfinite
 from trainvitals.server.alerts.normalisation import normalisation
 from trainvitals.server.alerts.rules import clip, observed, stall, threshold
 from trainvitals.server.alerts.spike import spike
-from trainvitals.server.series import step_values
 
 __all__ = ["AlertEngine"]
 

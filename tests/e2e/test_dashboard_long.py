@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Batch, ClipEvent, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings, SQLiteStore
-from trainvitals.server.sqlite_blocks import rebuild
+from trainvitals.server.store.sqlite.blocks import rebuild
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -20,7 +20,7 @@ import pytest
 
 from trainvitals.server import ServerThread, Settings
 from trainvitals.server.alerts import Alert
-from trainvitals.server.ranks import bad_ranks, first_bad
+from trainvitals.server.views.ranks import bad_ranks, first_bad
 
 TOKEN = "ranks-ingest-token"
 RUN = "ddp-nan"

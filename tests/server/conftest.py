@@ -25,7 +25,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactor
     if request.param == "sqlite":
         return lambda: SQLiteStore(tmp_path / "store" / "trainvitals.sqlite3")
     if request.param == "postgres":
-        from trainvitals.server.postgres_store import PostgresStore
+        from trainvitals.server.store.postgres.store import PostgresStore
 
         url = request.getfixturevalue("postgres_url")
         return lambda: PostgresStore(url)

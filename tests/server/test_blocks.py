@@ -12,7 +12,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainvitals.server.blocks import (
+from trainvitals.server.store.blocks import (
     BLOCK_BITS,
     BLOCK_STEPS,
     Summary,
@@ -22,7 +22,7 @@ from trainvitals.server.blocks import (
     picks,
     summarise,
 )
-from trainvitals.server.downsample import MAX_BUCKETS, bucket_range, by_blocks, columns, m4
+from trainvitals.server.store.downsample import MAX_BUCKETS, bucket_range, by_blocks, columns, m4
 
 NAN, INF = math.nan, math.inf
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from trainvitals.protocol import Step
 from trainvitals.server import ServerThread, SQLiteStore, Store
-from trainvitals.server.downsample import MAX_BUCKETS, bucket_of, bucket_range, by_blocks, m4
-from trainvitals.server.sqlite_blocks import rebuild
+from trainvitals.server.store.downsample import MAX_BUCKETS, bucket_of, bucket_range, by_blocks, m4
+from trainvitals.server.store.sqlite.blocks import rebuild
 
 NAN, INF = math.nan, math.inf
 SPIKE_STEP, SPIKE = 777_777, 1.0e6

@@ -32,8 +32,8 @@ from trainvitals.protocol import (
     decode,
     encode,
 )
+from trainvitals.protocol.series import step_values
 from trainvitals.server import ServerThread, Settings
-from trainvitals.server.series import step_values
 
 TOKEN = "fuzz-ingest-token"
 LIMIT = 4096  # max_message_bytes: oversized frames stay cheap (uvicorn's own cap is 4x)

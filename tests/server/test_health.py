@@ -17,8 +17,8 @@ from trainvitals import Monitor
 from trainvitals.protocol import Batch, Record, RunStart, Step, encode
 from trainvitals.server import ServerThread
 from trainvitals.server.alerts import Alert
-from trainvitals.server.health import HealthFacts, duration, live_status, num, summarize
 from trainvitals.server.store import ClipRow, RunRow
+from trainvitals.server.views.health import HealthFacts, duration, live_status, num, summarize
 
 INGEST_TOKEN = "ingest-token-for-tests"  # tests/server/conftest.py
 

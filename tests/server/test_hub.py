@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainvitals.server.hub import Hub, Viewer
+from trainvitals.server.live.hub import Hub, Viewer
 
 
 def drain(viewer: Viewer) -> list[dict[str, Any]]:

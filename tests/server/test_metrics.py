@@ -15,7 +15,7 @@ from websockets.typing import Origin
 
 from trainvitals.protocol import Batch, Record, RunStart, Step, encode
 from trainvitals.server import ServerThread
-from trainvitals.server.metrics import store_bytes
+from trainvitals.server.http.metrics import store_bytes
 
 TOKEN = "ingest-token-for-tests"  # the conftest's
 

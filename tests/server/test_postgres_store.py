@@ -36,10 +36,10 @@ from trainvitals.protocol import (
     encode,
 )
 from trainvitals.server import ServerThread, Settings
-from trainvitals.server.limits import LimitExceeded, Limits
-from trainvitals.server.postgres_schema import SCHEMA_VERSION
-from trainvitals.server.postgres_store import PostgresStore
 from trainvitals.server.security import RedactTokens, redact_url
+from trainvitals.server.store.limits import LimitExceeded, Limits
+from trainvitals.server.store.postgres.schema import SCHEMA_VERSION
+from trainvitals.server.store.postgres.store import PostgresStore
 
 NAN, INF = math.nan, math.inf
 TOKEN = "ingest-token-for-postgres-tests"

@@ -12,8 +12,8 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Batch, RunStart, Step, encode
 from trainvitals.server import ServerThread
-from trainvitals.server.hub import Hub
-from trainvitals.server.progress import ProgressFeed
+from trainvitals.server.live.hub import Hub
+from trainvitals.server.live.progress import ProgressFeed
 
 INGEST_TOKEN = "ingest-token-for-tests"  # tests/server/conftest.py
 

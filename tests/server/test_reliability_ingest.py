@@ -14,8 +14,8 @@ from websockets.sync.client import ClientConnection, connect
 from trainvitals.protocol import Batch, Record, RunStart, Step, encode
 from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER
 from trainvitals.server import ServerThread, Store
-from trainvitals.server.limits import LimitExceeded, Limits
-from trainvitals.server.sqlite_store import SQLiteStore
+from trainvitals.server.store.limits import LimitExceeded, Limits
+from trainvitals.server.store.sqlite.store import SQLiteStore
 
 StartServer = Callable[..., ServerThread]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trainvitals.server import replica_wire as wire
+from trainvitals.server.live import relay_wire as wire
 
 
 def step(i: int, series: int = 20) -> dict[str, Any]:

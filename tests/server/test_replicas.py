@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from trainvitals.server.hub import Hub, Viewer
-from trainvitals.server.replicas import ReplicaRelay
-from trainvitals.server.wire_json import wire_dumps
+from trainvitals.protocol.wire_json import wire_dumps
+from trainvitals.server.live.hub import Hub, Viewer
+from trainvitals.server.live.relay import ReplicaRelay
 
 WAIT = 20.0  # seconds before a message that never comes fails the test
 RESYNC = {"type": "resync"}

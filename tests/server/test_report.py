@@ -27,7 +27,7 @@ from trainvitals.protocol import (
     encode,
 )
 from trainvitals.server import ServerThread, Settings, SQLiteStore
-from trainvitals.server.export import csv_chunks
+from trainvitals.server.views.export import csv_chunks
 
 TOKEN = "ingest-token-for-report-tests"
 NAN, INF = math.nan, math.inf

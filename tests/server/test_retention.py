@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Batch, Record, RunEnd, RunStart, Step, encode
 from trainvitals.server import ServerThread, SQLiteStore, Store
-from trainvitals.server.retention import DAY, sweep
+from trainvitals.server.ingest.retention import DAY, sweep
 
 TOKEN = "ingest-token-for-tests"  # the conftest's
 

@@ -258,11 +258,11 @@ EXECUTE = {"execute", "executemany", "executescript"}
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Where SQL text holds identifiers, never values. Each entry: (file, function) -> why.
 IDENTIFIERS_FROM_SCHEMA = {
-    ("transfer.py", "_tables"): "PRAGMA table_info takes the table name as text; names come "
+    ("server/store/transfer.py", "_tables"): "PRAGMA table_info takes the table name as text; names come "
     "from sqlite_master of the same database",
-    ("transfer.py", "export_runs"): "table.select(): table and column names from the schema",
-    ("transfer.py", "_count"): "table.select(): table and column names from the schema",
-    ("transfer.py", "_insert"): "column names checked against the table's schema first",
+    ("server/store/transfer.py", "export_runs"): "table.select(): table and column names from the schema",
+    ("server/store/transfer.py", "_count"): "table.select(): table and column names from the schema",
+    ("server/store/transfer.py", "_insert"): "column names checked against the table's schema first",
 }
 
 
@@ -456,12 +456,13 @@ def listen(conn, channel):
 
 
 def test_sql_is_written_in_the_code_and_values_are_bound() -> None:
-    files = sorted(p for folder in ("server", "api", "trainer_plugin", "demo")
+    files = sorted(p.relative_to(ROOT) for folder in ("server", "root", "cli", "trainer_plugin",
+                                                      "demo")
                    for p in (ROOT / folder).rglob("*.py"))
-    assert any(p.name == "sqlite_store.py" for p in files)
-    found = [v for p in files for v in sql_not_written_in_code(p.read_text(), p.name)]
+    assert Path("server/store/sqlite/store.py") in files
+    found = [v for p in files for v in sql_not_written_in_code((ROOT / p).read_text(), str(p))]
     assert found == []
-    checked = {(p.name, fn.name) for p in files for fn in ast.walk(ast.parse(p.read_text()))
-               if isinstance(fn, FUNCTIONS)}
+    checked = {(str(p), fn.name) for p in files
+               for fn in ast.walk(ast.parse((ROOT / p).read_text())) if isinstance(fn, FUNCTIONS)}
     stale = set(IDENTIFIERS_FROM_SCHEMA) - checked
     assert not stale, f"exceptions for functions that no longer exist: {stale}"

@@ -15,17 +15,18 @@ import pytest
 
 from trainvitals.protocol import Step
 from trainvitals.server import SQLiteStore
-from trainvitals.server.blocks import BLOCK_BITS, Summary, summarise
-from trainvitals.server.downsample import by_blocks, m4
-from trainvitals.server.schema import SCHEMA_VERSION
-from trainvitals.server.sqlite_blocks import rebuild
+from trainvitals.server.store.blocks import BLOCK_BITS, Summary, summarise
+from trainvitals.server.store.downsample import by_blocks, m4
+from trainvitals.server.store.sqlite.blocks import rebuild
+from trainvitals.server.store.sqlite.schema import SCHEMA_VERSION
 
 NAN, INF = math.nan, math.inf
 FIELDS = ("count, first_step, first_value, last_step, last_value, min_step, min_value, "
           "max_step, max_value, nan_step, pinf_step, ninf_step")
 Blocks = dict[tuple[int, int], Summary]
 
-# Schema version 1, verbatim (server/schema.py before point_blocks): the file a v1 server left.
+# Schema version 1, verbatim (server/store/sqlite/schema.py before point_blocks): the file a
+# v1 server left.
 V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (

@@ -17,8 +17,8 @@ import pytest
 from trainvitals.protocol import ClipEvent, Record, RunEnd, RunStart, Step, TensorStats
 from trainvitals.server import SQLiteStore, Store
 from trainvitals.server.alerts import Alert
-from trainvitals.server.schema import SCHEMA_VERSION
 from trainvitals.server.store import ClipRow, SeriesData, SeriesInfo
+from trainvitals.server.store.sqlite.schema import SCHEMA_VERSION
 
 NAN, INF = math.nan, math.inf
 

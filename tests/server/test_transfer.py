@@ -30,7 +30,7 @@ from trainvitals.protocol import (
     encode,
 )
 from trainvitals.server import ServerThread, SQLiteStore
-from trainvitals.server.transfer import export_runs, import_runs
+from trainvitals.server.store.transfer import export_runs, import_runs
 
 TOKEN = "ingest-token-for-tests"  # the conftest's
 VOLATILE = {"id", "idle_s"}  # store ids, and seconds since the last record (a clock)

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from trainvitals.protocol import Batch, RunStart, Step, encode
 from trainvitals.server import ServerThread, Settings
 from trainvitals.server.alerts import Alert, AlertChange
-from trainvitals.server.webhook import RateLimiter, WebhookSink, json_payload, slack_payload
+from trainvitals.server.notify.webhook import RateLimiter, WebhookSink, json_payload, slack_payload
 
 TOKEN = "ingest-token-for-webhook-tests"
 

@@ -13,9 +13,9 @@ import pytest
 from trainvitals.protocol import Ack, Record, RunStart, Step
 from trainvitals.server import SQLiteStore
 from trainvitals.server.alerts import AlertConfig, AlertEngine
-from trainvitals.server.hub import Hub
-from trainvitals.server.sinks import BrowserSink
-from trainvitals.server.writer import Writer
+from trainvitals.server.ingest.writer import Writer
+from trainvitals.server.live.hub import Hub
+from trainvitals.server.notify.sinks import BrowserSink
 
 
 class Replies:

@@ -12,7 +12,7 @@ import pytest
 
 from trainvitals import Monitor
 from trainvitals.server import ServerThread, Settings
-from trainvitals.trainer_plugin import devices
+from trainvitals.trainer_plugin.values import devices
 
 TOKEN = "plugin-token-for-tests"
 

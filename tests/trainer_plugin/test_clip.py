@@ -14,7 +14,7 @@ import torch
 
 from trainvitals import Monitor, NonFiniteLossError
 from trainvitals.trainer_plugin import DeliveryStats
-from trainvitals.trainer_plugin.clip import GuardSpec, guard_loss, resolve_clip
+from trainvitals.trainer_plugin.values.clip import GuardSpec, guard_loss, resolve_clip
 
 NAN, INF = math.nan, math.inf
 THRESHOLD = 10.0

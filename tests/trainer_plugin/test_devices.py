@@ -1,6 +1,6 @@
 """The CPU's shortcuts (values read at once) record exactly what CUDA's rules record.
 
-The plugin makes one device-dependent choice (``trainvitals.trainer_plugin.devices``): on the
+The plugin makes one device-dependent choice (``trainvitals.trainer_plugin.values.devices``): on the
 CPU, where a read stalls nothing, it reads values at once — statistics with fewer passes, the
 guard's ``if``, the watch's model-level check with a re-run of a bad step. Here the same
 training, with NaN, Inf, a clip and a non-finite step, is recorded both ways into real spool
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from trainvitals import Monitor
-from trainvitals.trainer_plugin import devices
-from trainvitals.trainer_plugin.devices import reads_now
+from trainvitals.trainer_plugin.values import devices
+from trainvitals.trainer_plugin.values.devices import reads_now
 
 
 def test_only_the_cpu_is_read_at_once() -> None:

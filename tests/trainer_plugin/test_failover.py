@@ -17,7 +17,7 @@ import torch
 
 from trainvitals import Monitor
 from trainvitals.server import ServerThread
-from trainvitals.trainer_plugin.link import ingest_url, ingest_urls
+from trainvitals.trainer_plugin.delivery.link import ingest_url, ingest_urls
 
 MakeMonitor = Callable[..., Monitor]
 StartServer = Callable[..., ServerThread]

@@ -5,7 +5,7 @@ per-step calls run, every call that reads a tensor's value on the host, and ever
 copies host data to a device (``torch.tensor(..., device=d)``, ``.to(d)``, ``.cuda()``: on
 CUDA a blocking copy that waits for the whole stream). The code makes one device-dependent
 choice — on the CPU, where a read stalls nothing, it reads values at once
-(``trainvitals.trainer_plugin.devices``) — so the detector runs it under CUDA's rules: with
+(``trainvitals.trainer_plugin.values.devices``) — so the detector runs it under CUDA's rules: with
 no device read at once, a call seen here with a CPU device is the same call with a CUDA device
 on a GPU. ``test_devices.py`` shows that both rules record the same values.
 """
@@ -21,7 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from trainvitals import Monitor
-from trainvitals.trainer_plugin import devices
+from trainvitals.trainer_plugin.values import devices
 
 HOST_READS = {
     torch.Tensor.item: "item", torch.Tensor.tolist: "tolist", torch.Tensor.cpu: "cpu",

@@ -15,7 +15,7 @@ import trainvitals.trainer_plugin as plugin
 def test_plugin_all_is_curated_and_importable() -> None:
     assert sorted(plugin.__all__) == [
         "CallTimes", "DeliveryStats", "Monitor", "NonFiniteLossError", "attach",
-        "exp_overflow_log"]
+        "exp_overflow_log", "time_watch"]
     for name in plugin.__all__:
         assert getattr(plugin, name) is not None, name
 

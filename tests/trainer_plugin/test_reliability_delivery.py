@@ -21,7 +21,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 from trainvitals import Monitor
 from trainvitals.protocol import Record, RunEnd, RunStart, Step
 from trainvitals.server import ServerThread
-from trainvitals.trainer_plugin.sender import Sender
+from trainvitals.trainer_plugin.delivery.sender import Sender
 
 Rest = Callable[..., Any]
 MakeMonitor = Callable[..., Monitor]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, decode
-from trainvitals.trainer_plugin.spool import (
+from trainvitals.trainer_plugin.delivery.spool import (
     Spool,
     SpoolRefused,
     in_use,

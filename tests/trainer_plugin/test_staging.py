@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from trainvitals.trainer_plugin.staging import StepStaging
+from trainvitals.trainer_plugin.values.staging import StepStaging
 
 
 def test_values_of_every_kind_come_back_by_key(rules: str) -> None:

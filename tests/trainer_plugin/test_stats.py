@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainvitals.protocol import TensorStats
 from trainvitals.trainer_plugin import exp_overflow_log
-from trainvitals.trainer_plugin.stats import (
+from trainvitals.trainer_plugin.values.stats import (
     STATS_WIDTH,
     host_stats,
     stats_vector,

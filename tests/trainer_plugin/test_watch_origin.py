@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from trainvitals.protocol import NonFiniteOrigin
-from trainvitals.trainer_plugin import devices
-from trainvitals.trainer_plugin.origin import WatchFrame, locate
-from trainvitals.trainer_plugin.staging import StepStaging
-from trainvitals.trainer_plugin.watch import ModuleWatch
+from trainvitals.trainer_plugin.values import devices
+from trainvitals.trainer_plugin.values.staging import StepStaging
+from trainvitals.trainer_plugin.watch.modules import ModuleWatch
+from trainvitals.trainer_plugin.watch.origin import WatchFrame, locate
 
 NAN, INF = math.nan, math.inf
 NAMES = ("m", "m.a", "m.b")
@@ -158,7 +158,7 @@ def test_an_origin_is_sent_once_per_run_of_non_finite_steps(rules: str) -> None:
 
 
 def test_time_watch_reports_what_it_hooked_and_takes_its_hooks_off(rules: str) -> None:
-    from trainvitals.trainer_plugin.watchcost import time_watch
+    from trainvitals.trainer_plugin.watch.cost import time_watch
 
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     cost = time_watch(net, torch.randn(3, 4), steps=2, warmup=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainvitals.trainer_plugin.optrace import (
+from trainvitals.trainer_plugin.watch.optrace import (
     MAX_CALLS_PER_STEP,
     CallRecorder,
     OpTracer,

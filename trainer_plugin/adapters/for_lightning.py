@@ -23,8 +23,8 @@ import torch
 from trainvitals.trainer_plugin.adapters.plain import own_monitor
 from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
 from trainvitals.trainer_plugin.adapters.values import Number, grad_norm, plain_config
-from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
+from trainvitals.trainer_plugin.values.clip import OnNonFinite
 
 __all__ = ["LightningCallback"]
 

@@ -26,8 +26,8 @@ from trainvitals.trainer_plugin.adapters.for_accelerate import wrap_accelerator
 from trainvitals.trainer_plugin.adapters.plain import own_monitor
 from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
 from trainvitals.trainer_plugin.adapters.values import Number, grad_norm, plain_config
-from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
+from trainvitals.trainer_plugin.values.clip import OnNonFinite
 
 __all__ = ["TransformersCallback", "attach_trainer"]
 

@@ -30,8 +30,8 @@ import torch
 
 from trainvitals.trainer_plugin.adapters.recorder import StepRecorder
 from trainvitals.trainer_plugin.adapters.values import Number
-from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
+from trainvitals.trainer_plugin.values.clip import OnNonFinite
 
 __all__ = ["Attachment", "attach", "own_monitor"]
 

@@ -25,8 +25,8 @@ from trainvitals.trainer_plugin.adapters.values import (
     loss_of,
     total_norm,
 )
-from trainvitals.trainer_plugin.clip import OnNonFinite
 from trainvitals.trainer_plugin.monitor import Monitor
+from trainvitals.trainer_plugin.values.clip import OnNonFinite
 
 __all__ = ["StepRecorder"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 from trainvitals.protocol import Step
+from trainvitals.protocol.series import step_values
 from trainvitals.server.alerts import AlertConfig, AlertEngine
 from trainvitals.server.alerts.learning import learned
 from trainvitals.server.alerts.normalisation import normalisation
-from trainvitals.server.series import step_values
 
 
 def at(n: int, **scalars: float) -> Step:

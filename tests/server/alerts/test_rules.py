@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 from trainvitals.protocol import ClipEvent, Step, TensorStats
+from trainvitals.protocol.series import step_values
 from trainvitals.server.alerts import AlertConfig, Threshold
 from trainvitals.server.alerts.memory import Streak, grad_stalled, loss_stalled
 from trainvitals.server.alerts.nonfinite import nonfinite
 from trainvitals.server.alerts.rules import clip, observed, stall, threshold
 from trainvitals.server.alerts.spike import baseline, spike
-from trainvitals.server.series import step_values
 
 
 def at(n: int = 1, **fields: object) -> Step:

@@ -1,0 +1,119 @@
+"""Prometheus metrics for the people who run the server: ``GET /metrics``.
+
+Everything is read at scrape time from the objects that already count it (the writer, the hub,
+the store and its files), so ingest pays nothing for metrics. Each app has its own
+``CollectorRegistry``: there is no global state, and tests build as many apps as they like.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from fastapi import APIRouter
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from trainvitals.server.ingest.writer import Writer
+from trainvitals.server.live.hub import Hub
+from trainvitals.server.security import presented_token, token_ok
+from trainvitals.server.store import Store
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics", "build_router", "store_bytes"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def store_bytes(db_path: Path) -> int:
+    """Bytes on disk of the SQLite file and its WAL (what the volume must hold)."""
+    total = 0
+    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
+        with suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+class ServerMetrics(Collector):
+    """The server's metrics; ``producer()`` wraps each trainer connection to count it."""
+
+    def __init__(self, writer: Writer, hub: Hub, store: Store,
+                 disk_bytes: Callable[[], int],
+                 relay_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+        self._writer, self._hub, self._store, self._disk_bytes = writer, hub, store, disk_bytes
+        self._relay_counts = relay_counts  # replicas on PostgreSQL only
+        self.producers = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)  # memory, CPU, open files of this process
+
+    @contextmanager
+    def producer(self) -> Iterator[None]:
+        """Count a trainer connection while the block runs."""
+        self.producers += 1
+        try:
+            yield
+        finally:
+            self.producers -= 1
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (call from a worker thread: it
+        reads the store)."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "trainvitals_ingest_records", "Records committed to the store (steps, run starts "
+            "and ends; duplicates not counted).", value=self._writer.committed)
+        yield CounterMetricFamily(
+            "trainvitals_ingest_values", "Series values in committed steps.",
+            value=self._writer.committed_values)
+        yield GaugeMetricFamily("trainvitals_producers_connected",
+                                "Trainer connections on /ws/ingest.", value=self.producers)
+        yield GaugeMetricFamily("trainvitals_viewers_connected",
+                                "Browsers following live updates on /ws/live.",
+                                value=len(self._hub))
+        yield self._open_alerts()
+        yield GaugeMetricFamily("trainvitals_store_bytes",
+                                "Bytes the store takes on disk: the SQLite file plus its "
+                                "write-ahead log, or the PostgreSQL tables with their indexes.",
+                                value=self._disk_bytes())
+        if self._relay_counts is not None:
+            yield self._relay()
+
+    def _relay(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "trainvitals_relay_messages", "Live messages between replicas (LISTEN/NOTIFY), by "
+            "event: sent, received, spilled (too big for a NOTIFY), dropped (full queue or a "
+            "failed send), resyncs_sent, reconnects (of the LISTEN connection).",
+            labels=["event"])
+        assert self._relay_counts is not None
+        for event, n in sorted(self._relay_counts().items()):
+            family.add_metric([event], n)
+        return family
+
+    def _open_alerts(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("trainvitals_open_alerts", "Open alerts by run and severity.",
+                                   labels=["run", "severity"])
+        counts = Counter((a.run, a.severity) for a in self._store.alerts(state="open"))
+        for (run, severity), n in sorted(counts.items()):
+            family.add_metric([run, severity], n)
+        return family
+
+
+def build_router(metrics: ServerMetrics, view_token: str | None) -> APIRouter:
+    """``GET /metrics``; behind the view token when one is set (Prometheus sends it as
+    ``authorization: {credentials: TOKEN}`` in its scrape config)."""
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        if not token_ok(view_token, presented_token(request)):
+            return PlainTextResponse("missing or wrong view token", status_code=401)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router

@@ -1,0 +1,151 @@
+"""The trainer-facing websocket: authenticate, decode frames, hand records to the writer.
+
+Thin I/O over the protocol: no parsing here. A bad frame gets an ``error`` frame and a log line
+and is otherwise ignored — nothing of it is stored and the connection stays up for valid
+frames. The handshake response states ``max_message_bytes`` in a header, so senders can size
+their frames before the first one.
+
+Replies never grow without bound: acks are cumulative, so only the latest per stream is kept
+until it is sent; error frames wait in a small queue, and a client that sends bad frames
+without reading the answers stops being read (backpressure on its own connection only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from trainvitals.protocol import (
+    Ack,
+    Batch,
+    Error,
+    ProtocolError,
+    Record,
+    RunEnd,
+    RunStart,
+    Step,
+    decode,
+    encode,
+)
+from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER
+from trainvitals.server.ingest.writer import Writer
+from trainvitals.server.security import origin_allowed, presented_token, refuse, token_ok
+from trainvitals.server.settings import Settings
+
+__all__ = ["serve_ingest"]
+
+log = logging.getLogger("trainvitals.server")
+LOGGED_BAD_FRAMES = 10  # per connection; the rest are counted and summed up at the end
+Stream = tuple[str, int, str]
+
+
+async def serve_ingest(ws: WebSocket, settings: Settings, writer: Writer) -> None:
+    """Run one trainer connection until it closes."""
+    if not token_ok(settings.ingest_token, presented_token(ws)):
+        log.warning("ingest refused from %s: missing or wrong token", _peer(ws))
+        await refuse(ws, 401, "missing or wrong ingest token")
+        return
+    if not origin_allowed(ws, settings.allowed_origins, required=False):
+        log.warning("ingest refused from %s: foreign Origin", _peer(ws))
+        await refuse(ws, 403, "origin not allowed")
+        return
+    limit = str(settings.max_message_bytes).encode()
+    await ws.accept(headers=[(MAX_MESSAGE_BYTES_HEADER.encode(), limit)])
+    replies = _Replies()
+    pump = asyncio.create_task(replies.pump(ws))
+    bad = 0
+    try:
+        bad = await _receive_frames(ws, settings, writer, replies)
+    finally:
+        pump.cancel()
+        if bad > LOGGED_BAD_FRAMES:
+            log.warning("connection from %s ended after %d bad frames (%d not logged)",
+                        _peer(ws), bad, bad - LOGGED_BAD_FRAMES)
+
+
+class _Replies:
+    """What goes back to one trainer: the latest ack per stream, and error frames in order."""
+
+    def __init__(self) -> None:
+        self.errors: asyncio.Queue[Error] = asyncio.Queue(maxsize=64)
+        self.acks: dict[Stream, Ack] = {}
+        self.wake = asyncio.Event()
+
+    def ack(self, acks: list[Ack]) -> None:
+        """Writer callback: keep the newest ack of each stream (acks are cumulative)."""
+        for a in acks:
+            key = (a.run, a.rank, a.session)
+            if key not in self.acks or self.acks[key].seq < a.seq:
+                self.acks[key] = a
+        self.wake.set()
+
+    def fail(self, error: Error) -> None:
+        """Writer callback: a frame could not be committed. Never blocks the writer."""
+        try:
+            self.errors.put_nowait(error)
+        except asyncio.QueueFull:
+            log.warning("dropped an error frame for a client that does not read: %s",
+                        error.message)
+        self.wake.set()
+
+    async def error(self, error: Error) -> None:
+        """Queue an error frame, waiting while the client has not read the earlier ones."""
+        await self.errors.put(error)
+        self.wake.set()
+
+    async def pump(self, ws: WebSocket) -> None:
+        """Send what is due: errors first (they are older than any ack now pending)."""
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while not self.errors.empty():
+                    await ws.send_text(encode(self.errors.get_nowait()))
+                acks, self.acks = list(self.acks.values()), {}
+                for a in acks:
+                    await ws.send_text(encode(a))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the receive loop notices the disconnect and ends the connection
+
+
+async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
+                          replies: _Replies) -> int:
+    """Read frames until the client leaves; returns how many were bad."""
+    bad = 0
+    while True:
+        try:
+            message = await ws.receive()
+        except WebSocketDisconnect:
+            return bad
+        if message["type"] == "websocket.disconnect":
+            return bad
+        data = message.get("text") if message.get("text") is not None else message.get("bytes")
+        if data is None:
+            continue
+        try:
+            records = _records(data, settings.max_message_bytes)
+        except ProtocolError as exc:
+            bad += 1
+            if bad <= LOGGED_BAD_FRAMES:
+                log.warning("bad frame from %s (%s): %s", _peer(ws), exc.code, exc)
+            await replies.error(Error(code=exc.code, message=str(exc)))
+            continue
+        if records:
+            await writer.submit(records, replies.ack, replies.fail)
+
+
+def _records(data: str | bytes, limit: int) -> list[Record]:
+    """The records of one frame, all valid; ``ProtocolError`` for anything else."""
+    message = decode(data, max_bytes=limit)
+    if isinstance(message, Batch):
+        return list(message.records)
+    if isinstance(message, (RunStart, Step, RunEnd)):
+        return [message]
+    raise ProtocolError(f"{type(message).__name__.lower()} frames are sent by the server, "
+                        "not to it")
+
+
+def _peer(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown peer"

@@ -1,0 +1,205 @@
+"""The single writer: every record goes through one task that commits in batches.
+
+Ingest connections ``submit()`` decoded records and get acknowledgements back through their
+``reply`` callback once the records are committed — or an ``Error`` through ``fail`` when they
+could not be: code ``limit_exceeded`` (fatal: a server limit refuses them) or ``unavailable``
+(the commit failed, e.g. disk full; the sender should send them again later). Either way
+nothing of that frame is stored. Between the commit and the acks, the alert engine judges the
+new steps (in the same worker thread, so it needs no locks), alert changes are saved, and live
+updates go to the hub and the sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from trainvitals.protocol import Ack, Error, Record, RunEnd, RunStart, Step
+from trainvitals.protocol.errors import UNAVAILABLE
+from trainvitals.protocol.series import step_values
+from trainvitals.protocol.wire_json import to_wire
+from trainvitals.server.alerts import AlertChange, AlertEngine
+from trainvitals.server.live.hub import Hub
+from trainvitals.server.live.progress import ProgressFeed
+from trainvitals.server.notify.sinks import AlertSink
+from trainvitals.server.store import Store, WriteResult
+from trainvitals.server.store.limits import LimitExceeded
+
+__all__ = ["Writer"]
+
+log = logging.getLogger("trainvitals.server")
+Reply = Callable[[list[Ack]], None]
+Fail = Callable[[Error], None]
+
+
+@dataclass
+class _Job:
+    records: Sequence[Record]
+    reply: Reply
+    fail: Fail | None = None
+
+
+class Writer:
+    """Owns the store's write side; see the module docstring."""
+
+    def __init__(self, store: Store, engine: AlertEngine, hub: Hub, sinks: Sequence[AlertSink],
+                 *, batch_records: int = 512, queue_jobs: int = 1024) -> None:
+        self._store, self._engine, self._hub, self._sinks = store, engine, hub, sinks
+        self._progress = ProgressFeed(hub)  # throttled last step/speed of every run, for all
+        self._batch_records = batch_records
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_jobs)
+        # One thread: SQLite's writer connection and the engine's state live on it alone.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainvitals-writer")
+        self._task: asyncio.Task[None] | None = None
+        self.committed = 0
+        self.committed_values = 0  # series values in committed steps (for /metrics)
+        self._adopted: set[str] = set()  # runs whose stored open alerts the engine holds
+
+    async def start(self) -> None:
+        """Open the store, restore open alerts, start the writer task."""
+        await self._call(self._store.open)
+        open_alerts = await self._call(lambda: self._store.alerts(state="open"))
+        self._engine.load_open(open_alerts)
+        self._adopted.update(alert.run for alert in open_alerts)
+        self._task = asyncio.create_task(self._run(), name="trainvitals-writer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then close the store."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        self._progress.close()
+        await self._call(self._store.close)
+        self._thread.shutdown(wait=True)
+
+    async def submit(self, records: Sequence[Record], reply: Reply,
+                     fail: Fail | None = None) -> None:
+        """Queue records for commit; waits only when the writer is far behind (backpressure).
+
+        ``reply`` gets the acks once they are committed; ``fail`` the error if they cannot be.
+        """
+        await self._queue.put(_Job(records, reply, fail))
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the writer's thread between commits (store maintenance such as
+        retention, which must not interleave with a write) and return its result."""
+        return await self._call(fn)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def _run(self) -> None:
+        while True:
+            jobs, stop = await self._take()
+            if jobs:
+                await self._commit_isolated(jobs)
+            if stop:
+                return
+
+    async def _commit_isolated(self, jobs: list[_Job]) -> None:
+        """Commit jobs together; if that fails, one by one, so one bad frame costs only itself."""
+        try:
+            await self._commit(jobs)
+            return
+        except Exception as exc:  # keep serving; what was not acked is not acked
+            if len(jobs) == 1:
+                self._refuse(jobs[0], exc)
+                return
+        for job in jobs:
+            await self._commit_isolated([job])
+
+    def _refuse(self, job: _Job, exc: Exception) -> None:
+        """Tell the sender that nothing of its frame was stored, and why."""
+        if isinstance(exc, LimitExceeded):
+            log.warning("refused %d record(s): %s", len(job.records), exc)
+            error = Error(code=exc.code, message=str(exc), fatal=True)
+        else:
+            log.error("commit of %d record(s) failed", len(job.records), exc_info=exc)
+            error = Error(code=UNAVAILABLE, fatal=False, message=(
+                f"the server could not store this frame ({type(exc).__name__}: {exc}); "
+                "nothing of it was stored; send it again later")[:500])
+        if job.fail is not None:
+            job.fail(error)
+
+    async def _take(self) -> tuple[list[_Job], bool]:
+        first = await self._queue.get()
+        if first is None:
+            return [], True
+        jobs, size = [first], len(first.records)
+        while size < self._batch_records and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            size += len(job.records)
+        return jobs, False
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        records = [r for job in jobs for r in job.records]
+        result, changes = await self._call(lambda: self._write(records))
+        self.committed += len(result.accepted)
+        self.committed_values += sum(len(step_values(r)) for r in result.accepted
+                                     if isinstance(r, Step))
+        self._publish(result)
+        for sink in self._sinks:
+            sink.deliver(changes)
+        for job in jobs:
+            job.reply(_acks(job.records, result))
+
+    def _write(self, records: list[Record]) -> tuple[WriteResult, list[AlertChange]]:
+        result = self._store.write(records)
+        self._adopt({r.run for r in result.accepted if isinstance(r, Step)})
+        changes = [c for r in result.accepted if isinstance(r, Step)
+                   for c in self._engine.observe(r)]
+        if changes:
+            self._store.save_alerts(c.alert for c in changes)
+        return result, changes
+
+    def _adopt(self, runs: set[str]) -> None:
+        """Load the open alerts of runs new to this writer before judging their steps.
+
+        At start the engine loads every open alert; a run that arrives later may still have
+        some: another replica on the same database raised them before its trainer failed over
+        to this one. Without them an alert still holding would be announced as opened twice.
+        """
+        for run in runs - self._adopted:
+            self._engine.load_open(self._store.alerts(run=run, state="open"))
+            self._adopted.add(run)
+
+    def forget(self, run: str) -> None:
+        """Drop the engine's state of a deleted run, which starts afresh if it comes back
+        (on the writer's thread: ``run_exclusive``)."""
+        self._engine.forget(run)
+        self._adopted.discard(run)
+
+    def _publish(self, result: WriteResult) -> None:
+        steps: dict[str, list[dict[str, Any]]] = {}
+        for r in result.accepted:
+            if isinstance(r, Step):
+                steps.setdefault(r.run, []).append(_step_update(r))
+            elif isinstance(r, (RunStart, RunEnd)):
+                status = "running" if isinstance(r, RunStart) else r.status
+                self._hub.publish(None, {"type": "run", "run": r.run, "rank": r.rank,
+                                         "run_id": result.run_ids.get(r.run), "status": status})
+        for run, updates in steps.items():
+            self._hub.publish(run, {"type": "steps", "run": run,
+                                    "run_id": result.run_ids.get(run), "records": updates})
+            self._progress.note(run, result.run_ids.get(run), updates)
+
+
+def _step_update(step: Step) -> dict[str, Any]:
+    update: dict[str, Any] = to_wire({"rank": step.rank, "step": step.step, "time": step.time,
+                                      "values": step_values(step), "clip": step.clip})
+    return update
+
+
+def _acks(records: Sequence[Record], result: WriteResult) -> list[Ack]:
+    """One ack per stream of the frame whose contiguous high-water mark exists."""
+    streams = {(r.run, r.rank, r.session) for r in records}
+    return [Ack(run=run, rank=rank, session=session, seq=result.top_seq[(run, rank, session)])
+            for run, rank, session in streams if (run, rank, session) in result.top_seq]

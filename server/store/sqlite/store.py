@@ -1,0 +1,477 @@
+"""The embedded default store: one SQLite file in WAL mode, written by one thread.
+
+NaN: SQLite turns a NaN REAL into NULL, so in ``points.value`` NULL *means* NaN (nothing else
+is ever NULL there). ±Inf are stored natively. JSON columns use the wire encoding of floats.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire
+from trainvitals.protocol.series import step_values
+from trainvitals.server.alerts import Alert
+from trainvitals.server.store import (
+    ClipRow,
+    OriginRow,
+    RunRow,
+    SeriesData,
+    SeriesInfo,
+    WriteResult,
+)
+from trainvitals.server.store.codec import (
+    decode_details,
+    dumps_json,
+    hi_step,
+    lo_step,
+    loads_json,
+    steps_per_second,
+)
+from trainvitals.server.store.downsample import SQLITE_M4, by_blocks, columns
+from trainvitals.server.store.limits import LimitExceeded, Limits
+from trainvitals.server.store.sqlite.blocks import PendingBlocks, block_m4
+from trainvitals.server.store.sqlite.migrate import migrate
+from trainvitals.server.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
+
+__all__ = ["SQLiteStore"]
+
+Stream = tuple[str, int, str]
+
+
+def configure(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Pragmas for every connection, in one place: WAL, relaxed fsync, wait on locks."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SQLiteStore:
+    """``Store`` on one SQLite file. Writes from one thread; reads from any (own connection)."""
+
+    def __init__(self, path: Path | str, *, limits: Limits | None = None) -> None:
+        self.path = Path(path)
+        self.limits = limits or Limits()
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._run_ids: dict[str, int] = {}
+        self._series_ids: dict[tuple[int, int, str], int] = {}
+        self._stream_ids: dict[tuple[int, int, str], int] = {}
+        # stream id -> highest seq up to which every seq is in `seen` (derivable; a cache)
+        self._high_water: dict[int, int] = {}
+        self._blocks = PendingBlocks()  # block summaries of the write in progress
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._write_conn()
+        # Check the version before running SCHEMA: its statements may not apply to another
+        # version's tables (and must not change a file this server will refuse).
+        found = None
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone() is not None:
+            found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if found is not None and int(found[0]) != SCHEMA_VERSION:
+            migrate(conn, self.path, int(found[0]))  # or refuse, touching nothing
+        with conn:
+            conn.executescript(SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = configure(sqlite3.connect(self.path, check_same_thread=False))
+        return self._writer
+
+    def _read_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = configure(sqlite3.connect(self.path, check_same_thread=False))
+            self._local.conn = conn
+        return conn
+
+    # ---------------------------------------------------------------- writes
+
+    def write(self, records: Sequence[Record]) -> WriteResult:
+        conn = self._write_conn()
+        accepted: list[Record] = []
+        streams: dict[Stream, int] = {}
+        try:
+            with conn:
+                for record in records:
+                    key = (record.run, record.rank, record.session)
+                    streams[key] = self._stream_id(conn, record)
+                    if self._first_time(conn, record):
+                        self._apply(conn, record)
+                        accepted.append(record)
+                high_water = {key: self._advance(conn, sid) for key, sid in streams.items()}
+                self._blocks.flush(conn)
+        except BaseException:
+            self._forget_ids()  # the rollback may have taken ids cached during this write
+            self._blocks.clear()
+            raise
+        return WriteResult(accepted, dict(self._run_ids),
+                           {key: seq for key, seq in high_water.items() if seq >= 0})
+
+    def _advance(self, conn: sqlite3.Connection, stream_id: int) -> int:
+        """The stream's contiguous high-water mark: every seq up to it is stored (-1: not 0).
+
+        Records may arrive out of order or with gaps (a sender resending after a failed
+        commit); the mark moves only over seqs that are all present, so an ack of it
+        promises the sender that nothing up to it needs resending.
+        """
+        mark = self._high_water.get(stream_id, -1)
+        if conn.execute("SELECT 1 FROM seen WHERE stream_id=? AND seq=?",
+                        (stream_id, mark + 1)).fetchone() is not None:
+            # the first stored seq after the mark whose successor is missing ends the run
+            (mark,) = conn.execute(
+                "SELECT s.seq FROM seen s WHERE s.stream_id=? AND s.seq>? AND NOT EXISTS "
+                "(SELECT 1 FROM seen t WHERE t.stream_id=s.stream_id AND t.seq=s.seq+1) "
+                "ORDER BY s.seq LIMIT 1", (stream_id, mark)).fetchone()
+            self._high_water[stream_id] = mark
+        return mark
+
+    def _forget_ids(self) -> None:
+        self._run_ids.clear()
+        self._series_ids.clear()
+        self._stream_ids.clear()
+        self._high_water.clear()
+
+    def _first_time(self, conn: sqlite3.Connection, record: Record) -> bool:
+        stream_id = self._stream_id(conn, record)
+        cur = conn.execute("INSERT OR IGNORE INTO seen(stream_id, seq) VALUES (?, ?)",
+                           (stream_id, record.seq))
+        return cur.rowcount == 1
+
+    def _apply(self, conn: sqlite3.Connection, record: Record) -> None:
+        run_id = self._run_id(conn, record.run, record.time)
+        if isinstance(record, Step):
+            self._write_step(conn, run_id, record)
+        elif isinstance(record, RunStart):
+            conn.execute(
+                "UPDATE runs SET status='running', reason='', updated=?, "
+                "world_size=max(world_size, ?), "
+                "config=CASE WHEN config='{}' THEN ? ELSE config END WHERE id=?",
+                (record.time, record.world_size, dumps_json(record.config), run_id))
+            conn.execute("UPDATE streams SET host=?, pid=?, versions=?, started=? WHERE id=?",
+                         (record.host, record.pid, dumps_json(record.versions), record.time,
+                          self._stream_id(conn, record)))
+        elif isinstance(record, RunEnd):
+            self._end_stream(conn, run_id, record)
+
+    def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+        rows = [(self._series_id(conn, run_id, step, name), step.step, value)
+                for name, value in step_values(step).items()]
+        new = conn.executemany(
+            "INSERT OR IGNORE INTO points(series_id, step, value) VALUES (?,?,?)", rows).rowcount
+        if new == len(rows):
+            self._blocks.added(rows)
+        else:  # the step was written before: its values replace the stored ones
+            conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) "
+                             "VALUES (?,?,?)", rows)
+            self._blocks.rewritten(rows)
+        conn.execute("INSERT OR REPLACE INTO steps(run_id, rank, step, time) VALUES (?,?,?,?)",
+                     (run_id, step.rank, step.step, step.time))
+        if step.clip is not None:
+            c = step.clip
+            conn.execute(
+                "INSERT OR REPLACE INTO clips VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, step.rank, step.step, _real(c.raw), _real(c.threshold), c.action,
+                 c.reason,
+                 dumps_json(c.components)))
+        if step.origin is not None:
+            _write_origin(conn, run_id, step)
+        conn.execute(
+            "UPDATE runs SET updated=max(updated, ?), last_step=max(coalesce(last_step, ?), ?) "
+            "WHERE id=?",
+            (step.time, step.step, step.step, run_id))
+
+    def _end_stream(self, conn: sqlite3.Connection, run_id: int, end: RunEnd) -> None:
+        conn.execute("UPDATE streams SET ended=?, status=?, reason=?, dropped=? WHERE id=?",
+                     (end.time, end.status, end.reason, end.dropped,
+                      self._stream_id(conn, end)))
+        # A run is over when the latest session of every rank has ended (an earlier session
+        # was resumed, whether it ended or was killed); crashed, and why, if any of those crashed.
+        latest = "SELECT max(id) FROM streams WHERE run_id=? GROUP BY rank"
+        (open_streams,) = conn.execute(
+            f"SELECT count(*) FROM streams WHERE ended IS NULL AND id IN ({latest})",
+            (run_id,)).fetchone()
+        if open_streams:
+            return
+        crashed = conn.execute(
+            f"SELECT reason FROM streams WHERE status='crashed' AND id IN ({latest}) "
+            "ORDER BY ended DESC, id DESC LIMIT 1", (run_id,)).fetchone()
+        status, reason = ("crashed", crashed[0]) if crashed else ("finished", end.reason)
+        conn.execute("UPDATE runs SET status=?, reason=?, updated=max(updated, ?) WHERE id=?",
+                     (status, reason, end.time, run_id))
+
+    def _run_id(self, conn: sqlite3.Connection, name: str, time: float) -> int:
+        if name not in self._run_ids:
+            found = conn.execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
+            if found is None:
+                limit = self.limits.max_runs
+                if limit is not None and _count(conn, "SELECT count(*) FROM runs") >= limit:
+                    raise LimitExceeded.runs(limit, name)
+                found = _inserted(conn, "INSERT INTO runs(name, created, updated) VALUES (?,?,?)",
+                                  name, time, time)
+            self._run_ids[name] = int(found[0])
+        return self._run_ids[name]
+
+    def _stream_id(self, conn: sqlite3.Connection, record: Record) -> int:
+        run_id = self._run_id(conn, record.run, record.time)
+        key = (run_id, record.rank, record.session)
+        if key not in self._stream_ids:
+            conn.execute("INSERT OR IGNORE INTO streams(run_id, rank, session) VALUES (?,?,?)",
+                         key)
+            (self._stream_ids[key],) = conn.execute(
+                "SELECT id FROM streams WHERE run_id=? AND rank=? AND session=?", key).fetchone()
+        return self._stream_ids[key]
+
+    def _series_id(self, conn: sqlite3.Connection, run_id: int, step: Step, name: str) -> int:
+        key = (run_id, step.rank, name)
+        if key not in self._series_ids:
+            found = conn.execute("SELECT id FROM series WHERE run_id=? AND rank=? AND name=?",
+                                 key).fetchone()
+            if found is None:
+                limit = self.limits.max_series_per_run
+                if limit is not None and _count(
+                        conn, "SELECT count(*) FROM series WHERE run_id=?", run_id) >= limit:
+                    raise LimitExceeded.series(limit, step.run, name)
+                found = _inserted(conn, "INSERT INTO series(run_id, rank, name) VALUES (?,?,?)",
+                                  *key)
+            self._series_ids[key] = int(found[0])
+        return self._series_ids[key]
+
+    def save_alerts(self, alerts: Iterable[Alert]) -> None:
+        conn = self._write_conn()
+        try:
+            self._save_alerts(conn, alerts)
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def _save_alerts(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> None:
+        with conn:
+            for a in alerts:
+                run_id = self._run_id(conn, a.run, 0.0)
+                values = (a.severity, a.state, a.first_step, a.opened_step, a.last_step,
+                          a.resolved_step, a.count, a.message, dumps_json(a.details))
+                cur = conn.execute(
+                    "UPDATE alerts SET severity=?, state=?, first_step=?, opened_step=?, "
+                    "last_step=?, resolved_step=?, count=?, message=?, details=? "
+                    "WHERE run_id=? AND rank=? AND rule=? AND series=? AND state='open'",
+                    (*values, run_id, a.rank, a.rule, a.series))
+                if cur.rowcount == 0:
+                    conn.execute(
+                        "INSERT INTO alerts(run_id, rank, rule, series, severity, state, "
+                        "first_step, opened_step, last_step, resolved_step, count, message, "
+                        "details) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, a.rank, a.rule, a.series, *values))
+
+    # ---------------------------------------------------------------- maintenance
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run and everything recorded for it, in one transaction (writer thread)."""
+        conn = self._write_conn()
+        try:
+            with conn:
+                for sql in _DELETE_RUN:
+                    conn.execute(sql, (run_id,))
+        finally:
+            self._forget_ids()  # ids cached for the run are gone; the others are cheap to reload
+
+    def size_bytes(self) -> int:
+        """Bytes of pages in use. Deleted rows free pages that new rows reuse, so the file
+        stops growing once retention deletes as much as is written (it never shrinks)."""
+        conn = self._write_conn()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        return int((pages - free) * page_size)
+
+    # ---------------------------------------------------------------- reads
+
+    def runs(self) -> list[RunRow]:
+        rows = self._read_conn().execute(f"{_RUN_SELECT} ORDER BY r.created DESC, r.id DESC")
+        return [self._run_row(row) for row in rows.fetchall()]
+
+    def run(self, run_id: int) -> RunRow | None:
+        row = self._read_conn().execute(f"{_RUN_SELECT} WHERE r.id=?", (run_id,)).fetchone()
+        return None if row is None else self._run_row(row)
+
+    def _run_row(self, row: tuple[Any, ...]) -> RunRow:
+        (run_id, name, status, created, updated, last_step, world, reason, config) = row[:9]
+        conn = self._read_conn()
+        ranks = [r for (r,) in conn.execute(
+            "SELECT DISTINCT rank FROM streams WHERE run_id=? ORDER BY rank", (run_id,))]
+        dropped = conn.execute("SELECT coalesce(sum(dropped), 0) FROM streams WHERE run_id=?",
+                               (run_id,)).fetchone()[0]
+        steps, t0, t1 = conn.execute(
+            "SELECT count(*), min(time), max(time) FROM steps WHERE run_id=?",
+            (run_id,)).fetchone()
+        open_alerts = dict(conn.execute(
+            "SELECT severity, count(*) FROM alerts WHERE run_id=? AND state='open' "
+            "GROUP BY severity", (run_id,)).fetchall())
+        recent = conn.execute(  # the lowest rank's latest steps, newest first (index order)
+            "SELECT step, time FROM steps WHERE run_id=? AND rank=? ORDER BY step DESC LIMIT 100",
+            (run_id, min(ranks, default=0))).fetchall()
+        return RunRow(run_id, name, status, created, updated, last_step, world, ranks, dropped,
+                      reason, loads_json(config), steps, t0, t1, open_alerts,
+                      steps_per_second(recent))
+
+    def series_list(self, run_id: int) -> list[SeriesInfo]:
+        rows = self._read_conn().execute(
+            "SELECT s.name, s.rank, (SELECT coalesce(sum(b.count), 0) FROM point_blocks b "
+            "WHERE b.series_id=s.id) "
+            "FROM series s WHERE s.run_id=? ORDER BY s.name, s.rank", (run_id,))
+        return [SeriesInfo(*row) for row in rows.fetchall()]
+
+    def series(self, run_id: int, name: str, *, rank: int | None = None,
+               start: int | None = None, end: int | None = None,
+               limit: int | None = None) -> list[SeriesData]:
+        conn = self._read_conn()
+        found = conn.execute(
+            "SELECT id, rank FROM series WHERE run_id=? AND name=? AND (? IS NULL OR rank=?) "
+            "ORDER BY rank", (run_id, name, rank, rank)).fetchall()
+        out = []
+        for series_id, series_rank in found:
+            rows = conn.execute(
+                "SELECT step, value FROM points WHERE series_id=? AND step>=? AND step<=? "
+                "ORDER BY step LIMIT ?",
+                (series_id, lo_step(start), hi_step(end),
+                 -1 if limit is None else limit)).fetchall()
+            out.append(SeriesData(name, series_rank, [s for s, _ in rows],
+                                  [math.nan if v is None else v for _, v in rows]))
+        return out
+
+    def series_m4(self, run_id: int, name: str, *, rank: int | None = None,
+                  start: int | None = None, end: int | None = None,
+                  buckets: int) -> list[SeriesData]:
+        conn = self._read_conn()
+        found = conn.execute(
+            "SELECT id, rank FROM series WHERE run_id=? AND name=? AND (? IS NULL OR rank=?) "
+            "ORDER BY rank", (run_id, name, rank, rank)).fetchall()
+        within = (lo_step(start), hi_step(end))
+        return [SeriesData(name, series_rank, *_m4(conn, series_id, within, buckets))
+                for series_id, series_rank in found]
+
+    def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
+              limit: int | None = None) -> list[ClipRow]:
+        rows = self._read_conn().execute(
+            "SELECT rank, step, raw, threshold, action, reason, components FROM clips "
+            "WHERE run_id=? AND step>=? AND step<=? ORDER BY step, rank LIMIT ?",
+            (run_id, lo_step(start), hi_step(end), -1 if limit is None else limit)).fetchall()
+        return [ClipRow(rank, step, _float(raw), _float(thr), action, reason,
+                        {k: float_from_wire(v) for k, v in loads_json(comps).items()})
+                for rank, step, raw, thr, action, reason, comps in rows]
+
+    def alerts(self, *, run: str | None = None, state: str | None = None) -> list[Alert]:
+        rows = self._read_conn().execute(
+            "SELECT r.name, a.rank, a.rule, a.series, a.severity, a.state, a.first_step, "
+            "a.opened_step, a.last_step, a.resolved_step, a.count, a.message, a.details "
+            "FROM alerts a JOIN runs r ON r.id=a.run_id "
+            "WHERE (? IS NULL OR r.name=?) AND (? IS NULL OR a.state=?) ORDER BY a.id DESC",
+            (run, run, state, state)).fetchall()
+        return [Alert(run=row[0], rank=row[1], rule=row[2], series=row[3], severity=row[4],
+                      state=row[5], first_step=row[6], opened_step=row[7], last_step=row[8],
+                      resolved_step=row[9], count=row[10], message=row[11],
+                      details=decode_details(loads_json(row[12])))
+                for row in rows]
+
+    def origins(self, run_id: int) -> list[OriginRow]:
+        rows = self._read_conn().execute(
+            "SELECT rank, step, reported_step, kind, stage, module, module_type, param, op, "
+            "source "
+            "FROM origins WHERE run_id=? ORDER BY step, rank", (run_id,)).fetchall()
+        return [OriginRow(*row) for row in rows]
+
+    def run_id(self, name: str) -> int | None:
+        """The id of the run called ``name``, if it exists."""
+        row = self._read_conn().execute("SELECT id FROM runs WHERE name=?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+
+# Children first: foreign keys are on. Each statement takes the run id once.
+_DELETE_RUN = (
+    "DELETE FROM seen WHERE stream_id IN (SELECT id FROM streams WHERE run_id=?)",
+    "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
+    "DELETE FROM point_blocks WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
+    "DELETE FROM series WHERE run_id=?",
+    "DELETE FROM steps WHERE run_id=?",
+    "DELETE FROM clips WHERE run_id=?",
+    "DELETE FROM origins WHERE run_id=?",
+    "DELETE FROM alerts WHERE run_id=?",
+    "DELETE FROM streams WHERE run_id=?",
+    "DELETE FROM runs WHERE id=?",
+)
+
+# The first and last step a series holds in [start, end]: two index seeks (min and max in one
+# SELECT would read every point of the range).
+_HELD = ("SELECT (SELECT min(step) FROM points WHERE series_id=? AND step BETWEEN ? AND ?), "
+         "(SELECT max(step) FROM points WHERE series_id=? AND step BETWEEN ? AND ?)")
+
+_RUN_SELECT = ("SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, "
+               "r.reason, r.config FROM runs r")
+
+
+def _m4(conn: sqlite3.Connection, series_id: int, within: tuple[int, int],
+        buckets: int) -> tuple[list[int], list[float]]:
+    """One series' M4 points in [start, end] = ``within`` (see ``downsample.m4``)."""
+    # The queries are in trainvitals.server.store.downsample (equal columns, point by point) and
+    # trainvitals.server.store.sqlite.blocks (columns of whole blocks, from their summaries).
+    lo, hi = conn.execute(_HELD, (series_id, *within, series_id, *within)).fetchone()
+    if lo is None:
+        return [], []
+    if by_blocks(lo, hi, buckets):
+        return block_m4(conn, series_id, columns(lo, hi, buckets), within)
+    rows = conn.execute(SQLITE_M4, {"sid": series_id, "start": lo, "span": hi - lo + 1,
+                                    "b": min(buckets, hi - lo + 1)}).fetchall()
+    return [s for s, _ in rows], [math.nan if v is None else v for _, v in rows]
+
+
+def _count(conn: sqlite3.Connection, sql: str, *params: Any) -> int:
+    return int(conn.execute(sql, params).fetchone()[0])
+
+
+def _inserted(conn: sqlite3.Connection, sql: str, *params: Any) -> tuple[int]:
+    """Run an INSERT; the new row's id, shaped like a fetched ``(id,)`` row."""
+    row_id = conn.execute(sql, params).lastrowid
+    assert row_id is not None
+    return (row_id,)
+
+
+def _write_origin(conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+    """Insert the step's origin, or complete the stored one of the same origin step."""
+    o = step.origin
+    assert o is not None
+    conn.execute(
+        "INSERT INTO origins VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (run_id, rank, step) DO UPDATE SET "
+        "reported_step=max(reported_step, excluded.reported_step), kind=excluded.kind, "
+        "stage=excluded.stage, "
+        "module=coalesce(excluded.module, module), "
+        "module_type=coalesce(excluded.module_type, module_type), "
+        "param=coalesce(excluded.param, param), op=coalesce(excluded.op, op), "
+        "source=coalesce(excluded.source, source)",
+        (run_id, step.rank, o.step, step.step, o.kind, o.stage, o.module, o.module_type, o.param,
+         o.op, o.source))
+
+
+def _real(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else value

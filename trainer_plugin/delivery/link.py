@@ -1,0 +1,326 @@
+"""The connection to the server: send what the spool holds, resend what was not acknowledged.
+
+Runs on one thread (the sender thread). It connects with backoff, sends the spool's records
+in batch frames of at most the server's ``max_message_bytes`` (read from the handshake), keeps
+at most ``window`` records unacknowledged, and forgets records only when the server acks them
+— an ack covers every record up to its ``seq``. After a reconnect, or an ``unavailable`` error
+(a failed commit), it resends from the first unacknowledged record; the server stores each
+record once, so resending is always safe. A fatal error (a server limit) stops delivery and
+leaves the records in the spool for ``trainvitals sync``.
+
+Failover: ``url`` may list several servers, comma-separated (replicas on one database, see
+docs/scaling.md). The link stays on one while its connection lives; when a connect fails or
+the connection is lost it moves to the next, in order and round again, and resends what was
+not acknowledged — the replicas share the database, which stores each record once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from trainvitals.protocol import Ack, Error, ProtocolError, RunEnd, RunStart, Step, decode, encode
+from trainvitals.protocol.errors import UNAVAILABLE
+from trainvitals.protocol.transport import (
+    BATCH_OVERHEAD_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES_HEADER,
+)
+from trainvitals.trainer_plugin.delivery.backoff import backoff_delays
+from trainvitals.trainer_plugin.delivery.spool import Spool
+
+__all__ = ["DeliveryStats", "Link", "ingest_url", "ingest_urls"]
+
+log = logging.getLogger("trainvitals")
+Stream = tuple[str, int, str]  # (run, rank, session)
+
+
+@dataclass
+class DeliveryStats:
+    """Counters of what happened to submitted records (a snapshot).
+
+    ``sent`` counts records sent once, ``resent`` the repeats after a reconnect or a failed
+    commit; ``pending`` the records kept in the spool and not yet acknowledged; ``dropped``
+    the records that were never kept (a full queue or spool, or unreadable values);
+    ``server`` the ingest URL of the latest connection (one of several, with failover).
+    """
+
+    submitted: int = 0
+    sent: int = 0
+    dropped: int = 0
+    connected: bool = False
+    reconnects: int = 0
+    server_errors: int = 0
+    last_error: str = ""
+    acked: dict[Stream, int] = field(default_factory=dict)
+    resent: int = 0
+    pending: int = 0
+    spool: str = ""
+    server: str = ""
+
+    def copy(self) -> DeliveryStats:
+        """An independent snapshot."""
+        return dataclasses.replace(self, acked=dict(self.acked))
+
+
+def ingest_url(server: str | None) -> str | None:
+    """The ingest websocket URL for a server given as ``host:port``, http(s):// or ws(s)://;
+    for several servers, comma-separated, their URLs comma-separated (see ``ingest_urls``)."""
+    if not server:
+        return None
+    parts = [part.strip() for part in server.split(",")]
+    if not all(parts):
+        raise ValueError(f"server: empty entry in the list {server!r} (expected URLs "
+                         "separated by single commas, e.g. 'http://a:8765,http://b:8765')")
+    return ",".join(_one_ingest_url(part) for part in parts)
+
+
+def ingest_urls(url: str) -> list[str]:
+    """The servers of a (comma-separated) ingest URL, in the order they are tried."""
+    return url.split(",")
+
+
+def _one_ingest_url(server: str) -> str:
+    url = server.rstrip("/")
+    for plain, secure in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(plain):
+            url = secure + url[len(plain):]
+    if not url.startswith(("ws://", "wss://")):
+        url = "ws://" + url
+    return url if url.endswith("/ws/ingest") else url + "/ws/ingest"
+
+
+class Link:
+    """Delivers one stream's spool to ``url``; ``run()`` is the thread body."""
+
+    def __init__(
+        self, url: str, token: str | None, spool: Spool, stream: Stream, stats: DeliveryStats,
+        changed: threading.Condition, *, batch_size: int = 256,
+        max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, window: int = 2048,
+        idle_poll: float = 0.05, linger: float = 0.05,
+        connect: Callable[..., ClientConnection] = connect,
+    ) -> None:
+        self.urls, self._at = ingest_urls(url), 0  # the servers; the one in use (or next)
+        self._token, self._spool, self._stream = token, spool, stream
+        self._stats, self._changed = stats, changed
+        self._batch, self._max_frame, self._window = batch_size, max_frame_bytes, window
+        self._idle, self._connect_fn = idle_poll, connect
+        self._linger, self._last_send = linger, -float("inf")
+        self._limit = max_frame_bytes
+        self._ws: ClientConnection | None = None
+        self._next = 0  # the seq to send next
+        self._sent_up_to = -1  # highest seq ever sent (to tell first sends from resends)
+        self._delays = backoff_delays()
+        self.halted = ""  # why delivery stopped for good (a fatal server error)
+        self.stop = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """The server in use, or the one tried next."""
+        return self.urls[self._at]
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the server is open now (a lock-free read)."""
+        return self._ws is not None
+
+    def run(self) -> None:
+        """Deliver until ``stop`` is set; never raises."""
+        try:
+            while not self.stop.is_set():
+                if self.halted:
+                    self.stop.wait(self._idle)
+                elif self._ws is None and self._spool.pending == 0:
+                    self._await_records()  # connect when there is something to deliver
+                elif self._ws is None and not self._connect_any():
+                    self.stop.wait(next(self._delays))
+                elif self._linger_over() and self._send():
+                    self._receive(0.0)
+                elif self._sent_up_to > self._spool.acked:
+                    self._receive(self._idle)  # the ack on its way wakes us
+                else:
+                    self._await_records()
+        except Exception:  # a bug here must not take the training process down
+            log.exception("trainvitals: sender thread failed; records stay in the spool")
+        finally:
+            self._disconnect()
+
+    def _linger_over(self) -> bool:
+        """At most one frame per ``linger`` seconds: records spooled sooner wait and leave
+        together, so a fast loop costs the server (often on the same machine) one commit per
+        ``linger``, not one per step; a record after a quiet spell leaves at once."""
+        wait = self._last_send + self._linger - time.monotonic()
+        if wait > 0:
+            self.stop.wait(wait)
+        return not self.stop.is_set()
+
+    def _await_records(self) -> None:
+        """Nothing in flight and nothing to send: sleep until the collector spools a record
+        (it notifies ``changed``), so a new record leaves at once instead of at the next poll.
+        While frames are in flight the link waits for their ack instead, and what was spooled
+        meanwhile leaves together in the next frame (few frames at high step rates)."""
+        with self._changed:
+            idle = max(self._next, self._spool.acked + 1) >= self._spool.next_seq
+            if idle and not self.stop.is_set():
+                self._changed.wait(self._idle)
+
+    # ------------------------------------------------------------ connecting
+
+    def _connect_any(self) -> bool:
+        """Try each server once, from the current one; stay on the first that answers."""
+        for _ in self.urls:
+            if self._connect():
+                return True
+            self._next_server()
+        return False
+
+    def _next_server(self) -> None:
+        self._at = (self._at + 1) % len(self.urls)
+
+    def _connect(self) -> bool:
+        try:
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+            ws = self._connect_fn(self.url, additional_headers=headers, open_timeout=5,
+                                  close_timeout=1, proxy=None, max_size=1 << 20, compression=None)
+            # Entered as a context manager (left by close()): websockets >= 17.1 warns on the
+            # first send of a connection used otherwise, and warnings-as-errors would end us.
+            ws.__enter__()
+        except InvalidStatus as exc:
+            self._note(f"server refused the connection: HTTP {exc.response.status_code} "
+                       "(check the token)")
+            return False
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            self._note(f"cannot connect to {self.url}: {exc}")
+            return False
+        stated = ws.response.headers.get(MAX_MESSAGE_BYTES_HEADER, "") if ws.response else ""
+        self._limit = min(self._max_frame, int(stated)) if stated.isdigit() else self._max_frame
+        self._ws, self._next = ws, self._spool.acked + 1  # resend all that is unacknowledged
+        self._delays = backoff_delays()
+        with self._changed:
+            moved = self._stats.server not in ("", self.url)
+            self._stats.connected, self._stats.server = True, self.url
+            self._stats.reconnects += 1
+        if moved:
+            log.warning("trainvitals: failover: now delivering to %s", self.url)
+        return True
+
+    def _lost(self, text: str) -> None:
+        """The connection broke: drop it; the next connect tries the next server first."""
+        self._note(f"{text} ({self.url})" if len(self.urls) > 1 else text)
+        self._disconnect()
+        self._next_server()
+
+    def _disconnect(self) -> None:
+        ws, self._ws = self._ws, None
+        self._next = self._spool.acked + 1
+        with self._changed:
+            self._stats.connected = False
+        if ws is not None:
+            with contextlib.suppress(Exception):  # already broken; nothing to tell the user
+                ws.close()
+
+    # ------------------------------------------------------------ sending
+
+    def _send(self) -> bool:
+        """Send one frame if there is something to send and room in the window."""
+        first = max(self._next, self._spool.acked + 1)
+        room = self._window - (first - self._spool.acked - 1)
+        if room <= 0 or first >= self._spool.next_seq or self._ws is None:
+            return False
+        budget = self._limit - BATCH_OVERHEAD_BYTES
+        lines = self._spool.read(first, min(self._batch, room), budget)
+        if not lines:
+            return False
+        if len(lines) == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
+            lines = [self._fit(lines[0], budget)]
+        frame = f'{{"v":1,"type":"batch","dropped":{self._stats.dropped},"records":[' \
+                f'{",".join(lines)}]}}'
+        try:
+            self._ws.send(frame)
+        except (WebSocketException, OSError) as exc:
+            self._lost(f"send failed: {exc}")
+            return False
+        last = first + len(lines) - 1
+        fresh = max(0, last - max(self._sent_up_to, first - 1))
+        with self._changed:
+            self._stats.sent += fresh
+            self._stats.resent += len(lines) - fresh
+        self._sent_up_to, self._next = max(self._sent_up_to, last), last + 1
+        self._last_send = time.monotonic()
+        return True
+
+    def _fit(self, line: str, budget: int) -> str:
+        """A record alone over the server's limit (lower than ours when it was spooled): send
+        it without its maps, so the stream stays complete; say so."""
+        record = decode(line)
+        if not isinstance(record, (Step, RunStart, RunEnd)):
+            return line
+        if isinstance(record, Step):
+            clip = record.clip and dataclasses.replace(record.clip, components={})
+            record = dataclasses.replace(record, tensors={}, scalars={}, components={}, clip=clip)
+        elif isinstance(record, RunStart):
+            record = dataclasses.replace(record, config={}, versions={})
+        elif isinstance(record, RunEnd):
+            record = dataclasses.replace(record, reason=record.reason[:200])
+        log.warning("trainvitals: record %d is larger than the server's limit of %d bytes; "
+                    "sent without its tensors, scalars and components", record.seq, self._limit)
+        return encode(record)
+
+    # ------------------------------------------------------------ receiving
+
+    def _receive(self, timeout: float) -> None:
+        """Handle the server's replies: wait up to ``timeout`` for one, then take the rest."""
+        while self._ws is not None:
+            try:
+                frame = self._ws.recv(timeout=timeout)
+            except TimeoutError:
+                return
+            except (WebSocketException, OSError) as exc:
+                self._lost(f"connection lost: {exc}")
+                return
+            timeout = 0.0
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                self._note(f"unreadable reply from server: {exc}")
+                continue
+            if isinstance(message, Ack):
+                self._acked(message)
+            elif isinstance(message, Error):
+                self._refused(message)
+
+    def _acked(self, ack: Ack) -> None:
+        if (ack.run, ack.rank, ack.session) != self._stream:
+            return
+        self._spool.ack(ack.seq)
+        with self._changed:
+            self._stats.acked[self._stream] = self._spool.acked
+            self._changed.notify_all()
+
+    def _refused(self, error: Error) -> None:
+        with self._changed:
+            self._stats.server_errors += 1
+        self._note(f"server error {error.code}: {error.message}")
+        if error.fatal:
+            self.halted = error.message
+            log.error("trainvitals: the server refuses this run's records (%s); delivery "
+                      "stops, records stay in the spool for `trainvitals sync`", error.message)
+            self._disconnect()
+        elif error.code == UNAVAILABLE:  # nothing of some frame was stored: send it again
+            self.stop.wait(next(self._delays))
+            self._next = self._spool.acked + 1
+
+    def _note(self, text: str) -> None:
+        with self._changed:
+            repeated = text == self._stats.last_error
+            self._stats.last_error = text
+        if not repeated:  # one line per distinct problem, not one per retry
+            log.warning("trainvitals: %s", text)
