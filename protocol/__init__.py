@@ -10,6 +10,7 @@ from trainvitals.protocol.codec import (
     check_name,
     decode,
     encode,
+    encode_batch,
 )
 from trainvitals.protocol.errors import ProtocolError
 from trainvitals.protocol.floats import float_from_wire, float_to_wire
@@ -46,6 +47,7 @@ __all__ = [
     "check_name",
     "decode",
     "encode",
+    "encode_batch",
     "float_from_wire",
     "float_to_wire",
 ]

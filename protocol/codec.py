@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -29,7 +29,8 @@ from trainvitals.protocol.messages import (
     TensorStats,
 )
 
-__all__ = ["MAX_ENTRIES", "MAX_NAME_LENGTH", "PROTOCOL_VERSION", "check_name", "decode", "encode"]
+__all__ = ["MAX_ENTRIES", "MAX_NAME_LENGTH", "PROTOCOL_VERSION", "check_name", "decode", "encode",
+           "encode_batch"]
 
 PROTOCOL_VERSION = 1
 MAX_NAME_LENGTH = 200  # run, metric, component and tensor names
@@ -52,6 +53,16 @@ def encode(message: Message) -> str:
     """One JSON text frame for ``message``; non-finite floats become their string names."""
     obj = {"v": PROTOCOL_VERSION, **_to_wire(message)}
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def encode_batch(encoded_records: Sequence[str], dropped: int = 0) -> str:
+    """A ``batch`` frame around records that ``encode`` already made (the spool keeps them as
+    text): they are placed as they are, never decoded and encoded again. Decodes to
+    ``Batch(records, dropped)``; a record's own ``"v"`` key is ignored inside a batch."""
+    if isinstance(dropped, bool) or not isinstance(dropped, int) or dropped < 0:
+        raise ValueError(f"dropped must be a count, got {dropped!r}")
+    return (f'{{"v":{PROTOCOL_VERSION},"type":"batch","dropped":{dropped},"records":['
+            f'{",".join(encoded_records)}]}}')
 
 
 def _to_wire(message: Message) -> dict[str, Any]:

@@ -9,7 +9,7 @@ may keep only the latest per key (throttle, coalesce) without losing anything; `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from trainvitals.protocol import Step
@@ -50,10 +50,13 @@ class AlertEngine:
         self.config = config if config is not None else AlertConfig()
         self._ranks: dict[tuple[str, int], _Rank] = {}
 
-    def observe(self, step: Step) -> list[AlertChange]:
-        """Judge one step: opened/updated per condition that held, then resolved alerts."""
+    def observe(self, step: Step, values: Mapping[str, float] | None = None
+                ) -> list[AlertChange]:
+        """Judge one step: opened/updated per condition that held, then resolved alerts.
+
+        ``values`` is ``step_values(step)`` when the caller has it already (the writer does)."""
         rank = self._rank(step.run, step.rank)
-        values = step_values(step)
+        values = step_values(step) if values is None else values
         findings = self._findings(rank, step, values)
         changes = [self._hold(rank, step, finding) for finding in findings.values()]
         for key in [key for key in rank.alerts if key not in findings]:
@@ -94,7 +97,8 @@ class AlertEngine:
             state = self._ranks[(run, rank)] = _Rank(self.config)
         return state
 
-    def _findings(self, rank: _Rank, step: Step, values: dict[str, float]) -> dict[_Key, Finding]:
+    def _findings(self, rank: _Rank, step: Step, values: Mapping[str, float]
+                  ) -> dict[_Key, Finding]:
         memory, config = rank.memory, self.config
         memory.advance(step)
         open_stalls = {series for rule, series in rank.alerts if rule == "stall"}

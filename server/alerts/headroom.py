@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from trainvitals.protocol import Step, TensorStats
+from trainvitals.protocol.series import tensor_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding, Severity
 
@@ -72,7 +73,8 @@ def _level(step: Step, name: str, stats: TensorStats, margin: float,
     )
     details: Details = {"headroom": room, "max": stats.max, "limit": margin,
                         "fraction": fraction}
-    return Finding("headroom", f"tensor/{name}/headroom", severity, message, details, step.step)
+    return Finding("headroom", tensor_series(name, "headroom"), severity, message, details,
+                   step.step)
 
 
 def _trend(step: Step, name: str, stats: TensorStats, margin: float,
@@ -96,7 +98,7 @@ def _trend(step: Step, name: str, stats: TensorStats, margin: float,
     )
     details: Details = {"headroom": room, "max": stats.max, "limit": margin, "slope": rate,
                         "steps_left": steps_left, "rises": rises, "window": len(points)}
-    return Finding("headroom", f"tensor/{name}/headroom", "warning", message, details,
+    return Finding("headroom", tensor_series(name, "headroom"), "warning", message, details,
                    points[0][0])
 
 

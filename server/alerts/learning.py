@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from trainvitals.protocol import Step
+from trainvitals.protocol import Step, series
+from trainvitals.protocol.series import scalar_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.memory import Streak
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding
 
 __all__ = ["UPDATE", "learned", "no_learning", "reports_learning"]
 
-UPDATE, DEAD, TRAINABLE = "scalar/update/", "scalar/dead_grads/", "scalar/trainable/"
+UPDATE, DEAD, TRAINABLE = (scalar_series(family) for family in (series.UPDATE, series.DEAD_GRADS,
+                                                                  series.TRAINABLE))
 
 
 def reports_learning(values: Mapping[str, float]) -> bool:

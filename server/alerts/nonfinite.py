@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from trainvitals.protocol import ClipEvent, NonFiniteOrigin, Step, TensorStats
+from trainvitals.protocol.series import TENSOR
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
 from trainvitals.server.alerts.origin import origin_details, origin_finding, origin_text
@@ -41,7 +42,7 @@ def nonfinite(step: Step, values: Mapping[str, float],
 def _findings(step: Step, values: Mapping[str, float]) -> list[Finding]:
     found: list[Finding] = []
     for series, x in values.items():
-        if not series.startswith("tensor/") and not math.isfinite(x):
+        if not series.startswith(TENSOR) and not math.isfinite(x):
             found.append(_nonfinite_value(step, series, x))
     # One finding per series: when the loss itself is non-finite, its finding already says so.
     loss_finite = math.isfinite(values.get("loss", 0.0))
@@ -83,7 +84,7 @@ def _nonfinite_tensor(step: Step, name: str, stats: TensorStats) -> Finding:
         "count": stats.count, "nan": stats.nan, "posinf": stats.posinf, "neginf": stats.neginf,
         "min": stats.min, "max": stats.max, "mean": stats.mean, "dtype": stats.dtype,
     }
-    return Finding("nonfinite", f"tensor/{name}", "critical", message, details, step.step)
+    return Finding("nonfinite", f"{TENSOR}{name}", "critical", message, details, step.step)
 
 
 def _spread(stats: TensorStats) -> str:

@@ -13,12 +13,13 @@ import math
 from collections.abc import Mapping
 
 from trainvitals.protocol import Step
+from trainvitals.protocol.series import NORMALISATION, scalar_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
 
 __all__ = ["PREFIX", "normalisation"]
 
-PREFIX = "scalar/normalisation/"
+PREFIX = scalar_series(NORMALISATION)
 DEFAULT_EPS = 1e-6
 
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 
 from trainvitals.protocol import ClipEvent, Step
+from trainvitals.protocol.series import TENSOR
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.learning import reports_learning
 from trainvitals.server.alerts.memory import Streak
@@ -128,8 +129,8 @@ def observed(rule: str, series: str, step: Step, values: Mapping[str, float]) ->
     Tensors and heavy statistics may be reported every few steps; a step that lacks the series
     says nothing, so it must not count toward resolving the alert.
     """
-    if rule == "nonfinite" and series.startswith("tensor/"):
-        return series.removeprefix("tensor/") in step.tensors
+    if rule == "nonfinite" and series.startswith(TENSOR):
+        return series.removeprefix(TENSOR) in step.tensors
     if rule == "nonfinite" and series == "origin":
         return True  # every step says whether the run is still non-finite
     if rule == "no_learning":

@@ -32,7 +32,7 @@ def _frontend_file(name: str) -> bytes:
     if path.is_absolute() or ".." in path.parts or not name:
         raise HTTPException(404)
     target = resources.files("trainvitals.frontend").joinpath(*path.parts)
-    if not target.is_file() or path.suffix not in (".html", ".js", ".css", ".svg"):
+    if not target.is_file() or path.suffix not in (".html", ".js", ".css", ".svg", ".json"):
         raise HTTPException(404)
     return target.read_bytes()
 

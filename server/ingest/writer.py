@@ -20,7 +20,7 @@ from typing import Any
 
 from trainvitals.protocol import Ack, Error, Record, RunEnd, RunStart, Step
 from trainvitals.protocol.errors import UNAVAILABLE
-from trainvitals.protocol.series import step_values
+from trainvitals.protocol.series import StepValues
 from trainvitals.protocol.wire_json import to_wire
 from trainvitals.server.alerts import AlertChange, AlertEngine
 from trainvitals.server.live.hub import Hub
@@ -141,21 +141,23 @@ class Writer:
 
     async def _commit(self, jobs: list[_Job]) -> None:
         records = [r for job in jobs for r in job.records]
-        result, changes = await self._call(lambda: self._write(records))
+        values_of = StepValues()  # derived once; the store, the rules and the hub share them
+        result, changes = await self._call(lambda: self._write(records, values_of))
         self.committed += len(result.accepted)
-        self.committed_values += sum(len(step_values(r)) for r in result.accepted
+        self.committed_values += sum(len(values_of(r)) for r in result.accepted
                                      if isinstance(r, Step))
-        self._publish(result)
+        self._publish(result, values_of)
         for sink in self._sinks:
             sink.deliver(changes)
         for job in jobs:
             job.reply(_acks(job.records, result))
 
-    def _write(self, records: list[Record]) -> tuple[WriteResult, list[AlertChange]]:
-        result = self._store.write(records)
+    def _write(self, records: list[Record], values_of: StepValues
+               ) -> tuple[WriteResult, list[AlertChange]]:
+        result = self._store.write(records, values_of)
         self._adopt({r.run for r in result.accepted if isinstance(r, Step)})
         changes = [c for r in result.accepted if isinstance(r, Step)
-                   for c in self._engine.observe(r)]
+                   for c in self._engine.observe(r, values_of(r))]
         if changes:
             self._store.save_alerts(c.alert for c in changes)
         return result, changes
@@ -177,11 +179,11 @@ class Writer:
         self._engine.forget(run)
         self._adopted.discard(run)
 
-    def _publish(self, result: WriteResult) -> None:
+    def _publish(self, result: WriteResult, values_of: StepValues) -> None:
         steps: dict[str, list[dict[str, Any]]] = {}
         for r in result.accepted:
             if isinstance(r, Step):
-                steps.setdefault(r.run, []).append(_step_update(r))
+                steps.setdefault(r.run, []).append(_step_update(r, values_of(r)))
             elif isinstance(r, (RunStart, RunEnd)):
                 status = "running" if isinstance(r, RunStart) else r.status
                 self._hub.publish(None, {"type": "run", "run": r.run, "rank": r.rank,
@@ -192,9 +194,9 @@ class Writer:
             self._progress.note(run, result.run_ids.get(run), updates)
 
 
-def _step_update(step: Step) -> dict[str, Any]:
+def _step_update(step: Step, values: dict[str, float]) -> dict[str, Any]:
     update: dict[str, Any] = to_wire({"rank": step.rank, "step": step.step, "time": step.time,
-                                      "values": step_values(step), "clip": step.clip})
+                                      "values": values, "clip": step.clip})
     return update
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trainvitals.protocol import Record
+from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
 
 __all__ = ["ClipRow", "OriginRow", "RunRow", "SeriesData", "SeriesInfo", "Store", "WriteResult"]
@@ -108,8 +109,11 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
 
-    def write(self, records: Sequence[Record]) -> WriteResult:
+    def write(self, records: Sequence[Record], values_of: ValuesOf = step_values
+              ) -> WriteResult:
         """Commit records in one transaction, ignoring (run, rank, session, seq) seen before.
+
+        ``values_of`` gives a step's series values (the writer's shared ``StepValues``).
 
         Raises ``LimitExceeded`` (and stores nothing) when the records would pass a limit.
         """

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from trainvitals.protocol.series import parse_series
 from trainvitals.server.alerts import Alert
 
 __all__ = ["BadRank", "bad_ranks", "first_bad", "stage_of"]
@@ -36,7 +37,7 @@ class BadRank:
 
 def stage_of(series: str) -> int:
     """How early in a step ``series`` is measured (see the module docstring)."""
-    if series in ("origin", "loss") or series.startswith(("tensor/", "loss/")):
+    if series in ("origin", "loss") or parse_series(series).kind in ("tensor", "component"):
         return 0
     return {"loss_used": 1, "grad_norm": 2}.get(series, 3)
 

@@ -13,7 +13,7 @@ EXPECTED_ALL = {
     "Ack", "Batch", "ClipEvent", "Error", "Message", "NonFiniteOrigin", "ProtocolError",
     "Record", "RunEnd",
     "RunStart", "Step", "TensorStats",
-    "check_name", "decode", "encode", "float_from_wire", "float_to_wire",
+    "check_name", "decode", "encode", "encode_batch", "float_from_wire", "float_to_wire",
 }
 
 

@@ -21,6 +21,7 @@ from trainvitals.protocol import (
     TensorStats,
     decode,
     encode,
+    encode_batch,
 )
 
 
@@ -107,6 +108,20 @@ def test_batch_records_carry_no_version_and_keep_order() -> None:
     assert [r["type"] for r in obj["records"]] == ["run_start", "step", "run_end"]
     assert all("v" not in r for r in obj["records"])
     assert obj["dropped"] == 5
+
+
+def test_a_batch_of_already_encoded_records_decodes_like_an_encoded_batch() -> None:
+    records = (full_run_start(), full_step(), full_run_end())
+    frame = encode_batch([encode(r) for r in records], dropped=7)
+    assert decode(frame) == Batch(records=records, dropped=7)
+    assert _strict(frame)["v"] == PROTOCOL_VERSION
+    assert decode(encode_batch([])) == Batch(records=(), dropped=0)
+
+
+@pytest.mark.parametrize("dropped", [-1, True, 1.5])
+def test_a_batch_frame_refuses_a_dropped_count_that_is_no_count(dropped: Any) -> None:
+    with pytest.raises(ValueError, match="dropped must be a count"):
+        encode_batch([], dropped=dropped)
 
 
 def test_empty_batch_round_trips() -> None:

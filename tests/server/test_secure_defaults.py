@@ -257,12 +257,13 @@ def _visit(url: str, headers: dict[str, str] | None = None) -> None:
 EXECUTE = {"execute", "executemany", "executescript"}
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Where SQL text holds identifiers, never values. Each entry: (file, function) -> why.
+TRANSFER = "server/store/transfer.py"
 IDENTIFIERS_FROM_SCHEMA = {
-    ("server/store/transfer.py", "_tables"): "PRAGMA table_info takes the table name as text; names come "
+    (TRANSFER, "_tables"): "PRAGMA table_info takes the table name as text; names come "
     "from sqlite_master of the same database",
-    ("server/store/transfer.py", "export_runs"): "table.select(): table and column names from the schema",
-    ("server/store/transfer.py", "_count"): "table.select(): table and column names from the schema",
-    ("server/store/transfer.py", "_insert"): "column names checked against the table's schema first",
+    (TRANSFER, "export_runs"): "table.select(): table and column names from the schema",
+    (TRANSFER, "_count"): "table.select(): table and column names from the schema",
+    (TRANSFER, "_insert"): "column names checked against the table's schema first",
 }
 
 

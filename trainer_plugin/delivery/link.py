@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from trainvitals.protocol import Ack, Error, ProtocolError, RunEnd, RunStart, Step, decode, encode
+from trainvitals.protocol import (
+    Ack,
+    Error,
+    ProtocolError,
+    RunEnd,
+    RunStart,
+    Step,
+    decode,
+    encode,
+    encode_batch,
+)
 from trainvitals.protocol.errors import UNAVAILABLE
 from trainvitals.protocol.transport import (
     BATCH_OVERHEAD_BYTES,
@@ -241,8 +251,7 @@ class Link:
             return False
         if len(lines) == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
             lines = [self._fit(lines[0], budget)]
-        frame = f'{{"v":1,"type":"batch","dropped":{self._stats.dropped},"records":[' \
-                f'{",".join(lines)}]}}'
+        frame = encode_batch(lines, self._stats.dropped)
         try:
             self._ws.send(frame)
         except (WebSocketException, OSError) as exc:

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from trainvitals.protocol.series import NORMALISATION
+
 __all__ = ["denominator_scalars"]
 
 Number = torch.Tensor | float | int
@@ -28,7 +30,7 @@ def denominator_scalars(name: str, value: Number, valid_count: Number | None,
     """The scalars to stage for one ``Monitor.denominator`` call (device reductions, no sync)."""
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    prefix = f"normalisation/{name}"
+    prefix = f"{NORMALISATION}{name}"
     out: dict[str, Number] = {f"{prefix}/denominator_min": _smallest(value, abs_value=True),
                               f"{prefix}/eps": float(eps)}
     if valid_count is not None:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from trainvitals.protocol import series
+
 __all__ = ["ROOT_GROUP", "UpdateWatch"]
 
 Number = torch.Tensor | float | int
@@ -85,11 +87,11 @@ class UpdateWatch:
         norms = dict(zip(grads, torch._foreach_norm(list(grads.values()), ord=float("inf")),
                          strict=True)) if grads else {}
         for group in self._groups:
-            self._scalar(f"trainable/{group.name}", len(group.trainable))
-            self._scalar(f"frozen/{group.name}", group.frozen)
+            self._scalar(f"{series.TRAINABLE}{group.name}", len(group.trainable))
+            self._scalar(f"{series.FROZEN}{group.name}", group.frozen)
             zero = [norms[i] == 0 for i in group.trainable if i in norms]
             missing = len(group.trainable) - len(zero)  # no gradient reached them at all
-            self._scalar(f"dead_grads/{group.name}",
+            self._scalar(f"{series.DEAD_GRADS}{group.name}",
                          _stack(zero).sum() + missing if zero else missing)
 
     def _after(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -110,13 +112,13 @@ class UpdateWatch:
                 if group.trainable:
                     delta = torch.linalg.vector_norm(_stack([moved[i] for i in group.trainable]))
                     size = torch.linalg.vector_norm(_stack([sizes[i] for i in group.trainable]))
-                    self._scalar(f"update/{group.name}", delta / size.clamp_min(TINY))
+                    self._scalar(f"{series.UPDATE}{group.name}", delta / size.clamp_min(TINY))
 
     def _stage_lrs(self) -> None:
         for i, param_group in enumerate(self.optimizer.param_groups):
             lr = param_group.get("lr")
             if isinstance(lr, (torch.Tensor, float, int)) and not isinstance(lr, bool):
-                self._scalar(f"lr/group{i}", lr)
+                self._scalar(f"{series.LR_GROUP}{i}", lr)
 
 
 def _named_groups(optimizer: torch.optim.Optimizer,

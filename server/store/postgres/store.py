@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from trainvitals.protocol import Record, float_from_wire
+from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
 from trainvitals.server.security import redact_url
 from trainvitals.server.store import (
@@ -96,11 +97,12 @@ class PostgresStore:
 
     # ---------------------------------------------------------------- writes
 
-    def write(self, records: Sequence[Record]) -> WriteResult:
+    def write(self, records: Sequence[Record], values_of: ValuesOf = step_values
+              ) -> WriteResult:
         conn = self._write_conn()
         try:
             with conn.transaction():
-                return WriteTransaction(conn, self._ids, self.limits).write(records)
+                return WriteTransaction(conn, self._ids, self.limits).write(records, values_of)
         except BaseException:
             self._ids.forget()  # the rollback may have taken ids cached during this write
             raise

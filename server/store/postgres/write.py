@@ -25,7 +25,7 @@ from typing import Any
 from psycopg.errors import UniqueViolation
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step
-from trainvitals.protocol.series import step_values
+from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
 from trainvitals.server.store import WriteResult
 from trainvitals.server.store.codec import dumps_json
@@ -54,12 +54,13 @@ class WriteTransaction:
         self.conn, self.cache = conn, cache
         self.ids = Ids(conn, cache, limits)
 
-    def write(self, records: Sequence[Record]) -> WriteResult:
+    def write(self, records: Sequence[Record], values_of: ValuesOf = step_values
+              ) -> WriteResult:
         """Apply what is new in ``records``; see the module docstring."""
         self.ids.lock_runs(records)
         stream_of = self.ids.streams(records)
         accepted = self._first_time(records, stream_of)
-        self._apply(accepted, stream_of)
+        self._apply(accepted, stream_of, values_of)
         marks = self._high_water(set(stream_of.values()))
         return WriteResult(accepted, dict(self.cache.runs),
                            {key: marks[sid] for key, sid in stream_of.items() if marks[sid] >= 0})
@@ -90,26 +91,27 @@ class WriteTransaction:
 
     # ------------------------------------------------------------------ applying records
 
-    def _apply(self, accepted: list[Record], stream_of: dict[Stream, int]) -> None:
+    def _apply(self, accepted: list[Record], stream_of: dict[Stream, int],
+               values_of: ValuesOf) -> None:
         steps: list[Step] = []
         for record in accepted:
             if isinstance(record, Step):
                 steps.append(record)
                 continue
-            self._write_steps(steps)
+            self._write_steps(steps, values_of)
             steps = []
             stream_id = stream_of[(record.run, record.rank, record.session)]
             if isinstance(record, RunStart):
                 self._start_stream(record, stream_id)
             elif isinstance(record, RunEnd):
                 self._end_stream(record, stream_id)
-        self._write_steps(steps)
+        self._write_steps(steps, values_of)
 
-    def _write_steps(self, steps: list[Step]) -> None:
+    def _write_steps(self, steps: list[Step], values_of: ValuesOf) -> None:
         """Consecutive steps in one statement per table; a later copy of a row wins."""
         if not steps:
             return
-        values = [step_values(s) for s in steps]
+        values = [values_of(s) for s in steps]
         series = self.ids.series(steps, values)
         points: dict[tuple[int, int], float] = {}
         times: dict[tuple[int, int, int], float] = {}

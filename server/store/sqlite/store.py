@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire
-from trainvitals.protocol.series import step_values
+from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
 from trainvitals.server.store import (
     ClipRow,
@@ -104,7 +104,8 @@ class SQLiteStore:
 
     # ---------------------------------------------------------------- writes
 
-    def write(self, records: Sequence[Record]) -> WriteResult:
+    def write(self, records: Sequence[Record], values_of: ValuesOf = step_values
+              ) -> WriteResult:
         conn = self._write_conn()
         accepted: list[Record] = []
         streams: dict[Stream, int] = {}
@@ -114,7 +115,7 @@ class SQLiteStore:
                     key = (record.run, record.rank, record.session)
                     streams[key] = self._stream_id(conn, record)
                     if self._first_time(conn, record):
-                        self._apply(conn, record)
+                        self._apply(conn, record, values_of)
                         accepted.append(record)
                 high_water = {key: self._advance(conn, sid) for key, sid in streams.items()}
                 self._blocks.flush(conn)
@@ -155,10 +156,10 @@ class SQLiteStore:
                            (stream_id, record.seq))
         return cur.rowcount == 1
 
-    def _apply(self, conn: sqlite3.Connection, record: Record) -> None:
+    def _apply(self, conn: sqlite3.Connection, record: Record, values_of: ValuesOf) -> None:
         run_id = self._run_id(conn, record.run, record.time)
         if isinstance(record, Step):
-            self._write_step(conn, run_id, record)
+            self._write_step(conn, run_id, record, values_of(record))
         elif isinstance(record, RunStart):
             conn.execute(
                 "UPDATE runs SET status='running', reason='', updated=?, "
@@ -171,9 +172,10 @@ class SQLiteStore:
         elif isinstance(record, RunEnd):
             self._end_stream(conn, run_id, record)
 
-    def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+    def _write_step(self, conn: sqlite3.Connection, run_id: int, step: Step,
+                    values: dict[str, float]) -> None:
         rows = [(self._series_id(conn, run_id, step, name), step.step, value)
-                for name, value in step_values(step).items()]
+                for name, value in values.items()]
         new = conn.executemany(
             "INSERT OR IGNORE INTO points(series_id, step, value) VALUES (?,?,?)", rows).rowcount
         if new == len(rows):
