@@ -7,27 +7,27 @@ table per measurement, so ``bench/README.md`` can quote them verbatim. Progress 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import platform
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+# The tests' support code (real server process, free ports, Chromium, PostgreSQL) is ours too:
+# the repository root on the path makes ``tests.support`` importable from a bench script.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from tests.support.ports import free_port
+from tests.support.serve import ServeProcess
+
 __all__ = ["DATA_DIR", "LoadMeter", "ServerProcess", "command_line", "fill_points", "fmt",
-           "header", "note", "percentile", "table"]
+           "free_port", "header", "note", "percentile", "table"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 DATA_DIR = BENCH_DIR / ".data"  # cached inputs (big SQLite files) and profiles; gitignored
@@ -174,69 +174,12 @@ def fill_points(conn: Any, series_id: int, n: int, value_sql: str = LOSS_SQL) ->
         {"n": n, "sid": series_id})
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the benchmark dies, so no server is left behind (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class ServerProcess:
-    """``trainvitals serve`` in a subprocess on 127.0.0.1 with its own data directory."""
+class ServerProcess(ServeProcess):
+    """``trainvitals serve`` in a subprocess (``tests.support.serve``), with its resources."""
 
     def __init__(self, data_dir: Path | None = None, *, args: Sequence[str] = ()) -> None:
-        self._tmp = None if data_dir is not None else tempfile.TemporaryDirectory(
-            prefix="trainvitals-bench-")
-        self.data_dir = Path(self._tmp.name) if self._tmp else Path(data_dir)  # type: ignore[arg-type]
-        self.port = free_port()
-        self.token = TOKEN
-        cmd = [sys.executable, "-m", "trainvitals.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir),
-               "--ingest-token", TOKEN, "--no-log-alerts", "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self._wait_ready()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "trainvitals.sqlite3"
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"trainvitals serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.http_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("trainvitals serve did not start in time")
-
-    def get(self, path: str, **params: Any) -> Any:
-        """GET a REST path; the JSON body."""
-        response = httpx.get(f"{self.http_url}{path}", params=params, timeout=120)
-        response.raise_for_status()
-        return response.json()
+        super().__init__(token=TOKEN, data=data_dir, args=args)
+        self.data_dir = self.data
 
     def rss_mib(self) -> float:
         """The server's resident memory now."""
@@ -247,20 +190,5 @@ class ServerProcess:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
-    def stop(self) -> None:
-        """Ask it to finish (uvicorn commits queued records on SIGINT) and wait."""
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: uvicorn shuts down gracefully
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
     def __enter__(self) -> ServerProcess:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

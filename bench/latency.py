@@ -34,12 +34,10 @@ from playwright.sync_api import sync_playwright
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from tests.support.browser import CHROMIUM, launch
 from trainvitals import Monitor
 from trainvitals.protocol import Ack, decode
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TARGET_P99_MS = 100.0
 
 # Installed in the page once the chart is drawn: per step, the wall-clock ms at which the loss
@@ -109,8 +107,7 @@ def main() -> int:
     rows, extra = [], []
     profile_rows: list[list[str]] = []
     with ServerProcess() as server, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                     headless=True)
+        browser = launch(pw)
         for rate in args.rates:
             for kind in (MonitorSource, RawSource):
                 profile = args.profile and kind is MonitorSource and rate == max(args.rates)

@@ -69,6 +69,11 @@ export class Api {
     return url.toString();
   }
 
+  /** A new websocket to the live feed (/ws/live); `Live` keeps it open and reconnects. */
+  openLive() {
+    return new WebSocket(this.wsUrl('/ws/live'));
+  }
+
   async get(path, params) {
     const response = await fetch(this.url(path, params), { headers: { Accept: 'application/json' } });
     if (!response.ok) {

@@ -47,7 +47,7 @@ class App {
     this.view = null;
     this.viewKey = null;
     this.runsTimer = null;
-    this.live = new Live(this.api.wsUrl('/ws/live'), {
+    this.live = new Live(() => this.api.openLive(), {
       onMessage: (msg) => this.onMessage(msg),
       onState: (state) => this.showLiveState(state),
       onOpen: (generation) => this.onOpen(generation),

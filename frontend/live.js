@@ -4,15 +4,17 @@
 
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 10000;
+const OPEN = 1; // WebSocket.OPEN
 
 export class Live {
   /**
-   * @param {string} url websocket URL
+   * @param {() => WebSocket} open opens a new socket to /ws/live (`Api.openLive`: all network
+   *   I/O of the page lives in api.js)
    * @param {object} handlers onMessage(msg), onState('connecting'|'live'|'reconnecting'),
    *   onOpen(generation) — called after each (re)connect once the subscription is sent
    */
-  constructor(url, { onMessage = () => {}, onState = () => {}, onOpen = () => {} } = {}) {
-    this.url = url;
+  constructor(open, { onMessage = () => {}, onState = () => {}, onOpen = () => {} } = {}) {
+    this.open = open;
     this.handlers = { onMessage, onState, onOpen };
     this.names = [];
     this.socket = null;
@@ -24,7 +26,7 @@ export class Live {
   }
 
   get isOpen() {
-    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+    return this.socket !== null && this.socket.readyState === OPEN;
   }
 
   start() {
@@ -66,7 +68,7 @@ export class Live {
     this.handlers.onState(this.generation === 0 ? 'connecting' : 'reconnecting');
     let socket;
     try {
-      socket = new WebSocket(this.url);
+      socket = this.open();
     } catch {
       this.retry();
       return;

@@ -28,14 +28,13 @@ from typing import Any
 import httpx
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # for tests.support
+from tests.support.browser import launch
 from trainvitals import Monitor
 from trainvitals.demo.launch import variant_config
 from trainvitals.demo.train import train
 from trainvitals.server import ServerThread, Settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUNS = {"demo-exp": "exp", "demo-softplus": "softplus"}  # run name -> demo variant
 VIEWPORT = {"width": 1600, "height": 1150}
 
@@ -81,7 +80,7 @@ def shoot(url: str, ids: dict[str, int], out: Path) -> list[Path]:
              ("dashboard-compare.png", f"#compare={ids['demo-exp']},{ids['demo-softplus']}")]
     saved = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch(pw)
         for file, route in views:
             page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
             page.set_default_timeout(60_000)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ import psycopg
 import pytest
 from websockets.sync.client import connect
 
+from tests.support.ports import free_port
 from trainvitals.protocol import Batch, RunStart, Step, encode
 
 pytestmark = pytest.mark.deploy
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.deploy
 IMAGE = "localhost/trainvitals-server:test"  # built by the compose fixture (compose.test.yml)
 TOKEN = "ingest-token-for-the-postgres-image-test"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_healthy(api: str, container: str, compose: Any) -> None:
@@ -42,7 +36,7 @@ def _wait_healthy(api: str, container: str, compose: Any) -> None:
 
 
 def test_server_image_stores_in_postgresql(compose: Any, postgres_url: str) -> None:
-    port, name = _free_port(), f"{compose.project}_pg_server"
+    port, name = free_port(), f"{compose.project}_pg_server"
     compose.podman("run", "-d", "--rm", "--name", name, "--network=host",
                    "-e", "TRAINVITALS_HOST=127.0.0.1", "-e", f"TRAINVITALS_PORT={port}",
                    "-e", f"TRAINVITALS_DATABASE_URL={postgres_url}",

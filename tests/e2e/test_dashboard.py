@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,13 +21,11 @@ import pytest
 import torch
 from websockets.sync.client import connect
 
+from tests.support.browser import launch, require_chromium
 from trainvitals import Monitor
 from trainvitals.protocol import Batch, Record, RunStart, Step, encode
 from trainvitals.server import ServerThread, Settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 INGEST_TOKEN = "ingest-token-e2e"
 VIEW_TOKEN = "view-token-e2e"
 CLIP = 10.0
@@ -71,10 +68,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    require_chromium()
     with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = launch(pw)
         yield chromium
         chromium.close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -22,13 +21,11 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import Batch, ClipEvent, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings, SQLiteStore
 from trainvitals.server.store.sqlite.blocks import rebuild
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
 STEPS = 1_000_000
 SPIKE_STEP, SPIKE = 654_321, 1.0e6
@@ -82,10 +79,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    require_chromium()
     with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = launch(pw)
         yield chromium
         chromium.close()
 

@@ -9,7 +9,6 @@ later in the step. The server must keep both ranks' series apart and name rank 1
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.browser import launch, require_chromium
+from tests.support.ports import free_port
 from trainvitals.server import ServerThread, Settings
 from trainvitals.server.alerts import Alert
 from trainvitals.server.views.ranks import bad_ranks, first_bad
@@ -46,20 +47,17 @@ def test_the_earliest_step_wins_then_the_earliest_stage_then_the_lower_rank() ->
         == [0, 1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.mark.slow  # two processes that each import torch and join a process group
 def test_two_gloo_ranks_report_apart_and_the_faulty_one_is_named(tmp_path: Path) -> None:
     server = ServerThread(Settings(port=0, data_dir=tmp_path / "data", ingest_token=TOKEN,
                                    log_alerts=False)).start()
     try:
-        port = _free_port()
+        port = free_port()
         logs = [tmp_path / f"rank{r}.log" for r in range(2)]
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        root = str(Path(__file__).resolve().parents[2])  # the worker imports tests.support too
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         procs = [subprocess.Popen(
             [sys.executable, __file__, str(rank), str(port), server.ws_url, str(tmp_path)],
             stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
@@ -89,9 +87,6 @@ def test_two_gloo_ranks_report_apart_and_the_faulty_one_is_named(tmp_path: Path)
     assert detail["bad_ranks"][1]["series"] not in ("loss", "origin")  # later in the step
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.mark.browser
@@ -101,7 +96,8 @@ def test_the_dashboard_draws_each_rank_and_names_the_first_bad_one(tmp_path: Pat
 
     from trainvitals import Monitor
 
-    sync_api = pytest.importorskip("playwright.sync_api")
+    require_chromium()
+    import playwright.sync_api as sync_api
     server = ServerThread(Settings(port=0, data_dir=tmp_path / "data", ingest_token=TOKEN,
                                    log_alerts=False)).start()
     try:
@@ -115,7 +111,7 @@ def test_the_dashboard_draws_each_rank_and_names_the_first_bad_one(tmp_path: Pat
                     mon.log_step(step, loss=loss, grad_norm_post=post)
         (run,) = httpx.get(f"{server.http_url}/api/runs").json()["runs"]
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = launch(pw)
             page = browser.new_page()
             page.set_default_timeout(45_000)
             page.goto(f"{server.http_url}/#run={run['id']}")

@@ -7,7 +7,6 @@ alert), all through B's live websocket fed by the relay. Run with ``pytest -m br
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,10 @@ import httpx
 import pytest
 import torch
 
+from tests.support.browser import launch, require_chromium
 from trainvitals import Monitor
 from trainvitals.server import ServerThread, Settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 INGEST_TOKEN = "ingest-token-replicas"
 TIMEOUT_MS = 45_000  # generous: waits end as soon as they can
 FIRST, NAN_STEP, LAST = 10, 25, 40  # steps before the page opens; the NaN; the marker
@@ -40,10 +37,9 @@ def replicas(postgres_url: str, tmp_path: Path) -> Iterator[tuple[ServerThread, 
 @pytest.fixture
 def page() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    require_chromium()
     with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = launch(pw)
         context = chromium.new_context(viewport={"width": 1600, "height": 1000})
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT_MS)

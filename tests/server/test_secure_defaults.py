@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.support.ports import free_port
 from trainvitals.protocol import Batch, RunStart, encode
 from trainvitals.server import ServerThread, Settings, SQLiteStore, create_app
 from trainvitals.server.security import SECURITY_HEADERS, token_ok
@@ -187,17 +187,12 @@ def test_the_page_has_no_inline_script(srv: ServerThread) -> None:
 # --------------------------------------------------------------------------- logs
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.mark.slow
 def test_tokens_never_reach_the_log(tmp_path: Path) -> None:
     """A real ``trainvitals serve`` at debug level, visited with right and wrong tokens in
     headers and in query strings (where browsers put them): no token in its output."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
