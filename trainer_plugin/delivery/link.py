@@ -1,12 +1,13 @@
 """The connection to the server: send what the spool holds, resend what was not acknowledged.
 
-Runs on one thread (the sender thread). It connects with backoff, sends the spool's records
-in batch frames of at most the server's ``max_message_bytes`` (read from the handshake), keeps
-at most ``window`` records unacknowledged, and forgets records only when the server acks them
-— an ack covers every record up to its ``seq``. After a reconnect, or an ``unavailable`` error
-(a failed commit), it resends from the first unacknowledged record; the server stores each
-record once, so resending is always safe. A fatal error (a server limit) stops delivery and
-leaves the records in the spool for ``trainvitals sync``.
+Runs on one thread (the sender thread): the thin I/O layer around ``outbox.Outbox``, the pure
+state machine that decides what is sent, resent, deleted or given up. The link connects with
+backoff, reads the records the outbox asks for from the spool, sends them in batch frames of at
+most the server's ``max_message_bytes`` (read from the handshake), and tells the outbox what
+the server answered; it deletes records from the spool only when the outbox says they are newly
+acknowledged. Resends after a reconnect or an ``unavailable`` error (a failed commit) are safe:
+the server stores each record once. A fatal error (a server limit) stops delivery and leaves
+the records in the spool for ``trainvitals sync``.
 
 Failover: ``url`` may list several servers, comma-separated (replicas on one database, see
 docs/scaling.md). The link stays on one while its connection lives; when a connect fails or
@@ -45,6 +46,7 @@ from trainvitals.protocol.transport import (
     MAX_MESSAGE_BYTES_HEADER,
 )
 from trainvitals.trainer_plugin.delivery.backoff import backoff_delays
+from trainvitals.trainer_plugin.delivery.outbox import Outbox
 from trainvitals.trainer_plugin.delivery.spool import Spool
 
 __all__ = ["DeliveryStats", "Link", "ingest_url", "ingest_urls"]
@@ -121,16 +123,20 @@ class Link:
         self.urls, self._at = ingest_urls(url), 0  # the servers; the one in use (or next)
         self._token, self._spool, self._stream = token, spool, stream
         self._stats, self._changed = stats, changed
-        self._batch, self._max_frame, self._window = batch_size, max_frame_bytes, window
+        self._max_frame = max_frame_bytes
         self._idle, self._connect_fn = idle_poll, connect
         self._linger, self._last_send = linger, -float("inf")
         self._limit = max_frame_bytes
         self._ws: ClientConnection | None = None
-        self._next = 0  # the seq to send next
-        self._sent_up_to = -1  # highest seq ever sent (to tell first sends from resends)
+        self.outbox = Outbox(acked=spool.acked, next_seq=spool.next_seq, window=window,
+                             batch=batch_size)
         self._delays = backoff_delays()
-        self.halted = ""  # why delivery stopped for good (a fatal server error)
         self.stop = threading.Event()
+
+    @property
+    def halted(self) -> str:
+        """Why delivery stopped for good (a fatal server error), or ``""``."""
+        return self.outbox.halted
 
     @property
     def url(self) -> str:
@@ -146,15 +152,16 @@ class Link:
         """Deliver until ``stop`` is set; never raises."""
         try:
             while not self.stop.is_set():
+                self.outbox.spooled(self._spool.next_seq)
                 if self.halted:
                     self.stop.wait(self._idle)
-                elif self._ws is None and self._spool.pending == 0:
+                elif self._ws is None and self.outbox.pending == 0:
                     self._await_records()  # connect when there is something to deliver
                 elif self._ws is None and not self._connect_any():
                     self.stop.wait(next(self._delays))
                 elif self._linger_over() and self._send():
                     self._receive(0.0)
-                elif self._sent_up_to > self._spool.acked:
+                elif self.outbox.in_flight:
                     self._receive(self._idle)  # the ack on its way wakes us
                 else:
                     self._await_records()
@@ -178,8 +185,8 @@ class Link:
         While frames are in flight the link waits for their ack instead, and what was spooled
         meanwhile leaves together in the next frame (few frames at high step rates)."""
         with self._changed:
-            idle = max(self._next, self._spool.acked + 1) >= self._spool.next_seq
-            if idle and not self.stop.is_set():
+            self.outbox.spooled(self._spool.next_seq)
+            if self.outbox.idle and not self.stop.is_set():
                 self._changed.wait(self._idle)
 
     # ------------------------------------------------------------ connecting
@@ -212,7 +219,8 @@ class Link:
             return False
         stated = ws.response.headers.get(MAX_MESSAGE_BYTES_HEADER, "") if ws.response else ""
         self._limit = min(self._max_frame, int(stated)) if stated.isdigit() else self._max_frame
-        self._ws, self._next = ws, self._spool.acked + 1  # resend all that is unacknowledged
+        self._ws = ws
+        self.outbox.connection_opened()  # everything unacknowledged goes out again
         self._delays = backoff_delays()
         with self._changed:
             moved = self._stats.server not in ("", self.url)
@@ -230,7 +238,7 @@ class Link:
 
     def _disconnect(self) -> None:
         ws, self._ws = self._ws, None
-        self._next = self._spool.acked + 1
+        self.outbox.connection_lost()
         with self._changed:
             self._stats.connected = False
         if ws is not None:
@@ -240,13 +248,13 @@ class Link:
     # ------------------------------------------------------------ sending
 
     def _send(self) -> bool:
-        """Send one frame if there is something to send and room in the window."""
-        first = max(self._next, self._spool.acked + 1)
-        room = self._window - (first - self._spool.acked - 1)
-        if room <= 0 or first >= self._spool.next_seq or self._ws is None:
+        """Send the frame the outbox asks for, if any (something to send, room in the window)."""
+        wanted = self.outbox.next_frame()
+        if wanted is None or self._ws is None:
             return False
+        first, most = wanted
         budget = self._limit - BATCH_OVERHEAD_BYTES
-        lines = self._spool.read(first, min(self._batch, room), budget)
+        lines = self._spool.read(first, most, budget)
         if not lines:
             return False
         if len(lines) == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
@@ -257,12 +265,10 @@ class Link:
         except (WebSocketException, OSError) as exc:
             self._lost(f"send failed: {exc}")
             return False
-        last = first + len(lines) - 1
-        fresh = max(0, last - max(self._sent_up_to, first - 1))
+        sent = self.outbox.frame_sent(first, len(lines))
         with self._changed:
-            self._stats.sent += fresh
-            self._stats.resent += len(lines) - fresh
-        self._sent_up_to, self._next = max(self._sent_up_to, last), last + 1
+            self._stats.sent += sent.fresh
+            self._stats.resent += sent.resent
         self._last_send = time.monotonic()
         return True
 
@@ -309,7 +315,10 @@ class Link:
     def _acked(self, ack: Ack) -> None:
         if (ack.run, ack.rank, ack.session) != self._stream:
             return
-        self._spool.ack(ack.seq)
+        newly = self.outbox.ack(ack.seq)
+        if newly is None:
+            return
+        self._spool.ack(newly.last)  # deletes the records the outbox hands out, once
         with self._changed:
             self._stats.acked[self._stream] = self._spool.acked
             self._changed.notify_all()
@@ -319,13 +328,13 @@ class Link:
             self._stats.server_errors += 1
         self._note(f"server error {error.code}: {error.message}")
         if error.fatal:
-            self.halted = error.message
+            self.outbox.fatal(error.message)
             log.error("trainvitals: the server refuses this run's records (%s); delivery "
                       "stops, records stay in the spool for `trainvitals sync`", error.message)
             self._disconnect()
         elif error.code == UNAVAILABLE:  # nothing of some frame was stored: send it again
             self.stop.wait(next(self._delays))
-            self._next = self._spool.acked + 1
+            self.outbox.unavailable()
 
     def _note(self, text: str) -> None:
         with self._changed:
