@@ -1,7 +1,44 @@
-// The server's REST API, and the wire encoding of floats it shares with the websocket:
-// NaN and ±Inf travel as the strings "NaN", "Infinity", "-Infinity" in number positions.
+// All I/O of the page: the server's REST API, the live websocket, the shared contract
+// (contract.json), and — for the exported report — the same API answered from data inlined in
+// the file (`ReportApi`). The wire encoding of floats is shared with the websocket: NaN and
+// ±Inf travel as the strings of the contract's `non_finite_strings` in number positions.
 
-const NON_FINITE = new Set(['NaN', 'Infinity', '-Infinity']);
+/** The JSON of an inline `<script type="application/json" id=...>` block, or null if absent. */
+export function inlineJson(id) {
+  const el = document.getElementById(id);
+  return el ? JSON.parse(el.textContent) : null;
+}
+
+/** The contract the page shares with Python (protocol/contract.py writes contract.json):
+ * inlined in an exported report, else fetched once from beside this module (/static/). */
+async function loadContract() {
+  const inline = inlineJson('trainvitals-contract');
+  if (inline) return inline;
+  const url = new URL('./contract.json', import.meta.url);
+  const response = await fetch(url, { headers: { Accept: 'application/json' } });
+  if (!response.ok) throw new ApiError(response.status, `${url.pathname}: ${response.status} ${response.statusText}`);
+  return response.json();
+}
+
+/** `value`, frozen in place with everything inside it (the contract is shared by every module). */
+function deepFreeze(value) {
+  if (value && typeof value === 'object') {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** A REST failure, with the HTTP status. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export const CONTRACT = deepFreeze(await loadContract());
+const NON_FINITE = new Set(CONTRACT.non_finite_strings);
 
 /** A number from the wire: the non-finite strings become NaN / ±Infinity, the rest unchanged. */
 export function fromWire(v) {
@@ -32,23 +69,22 @@ export function decodeAlert(a) {
   return { ...a, details: fromWireMap(a.details) };
 }
 
-/** A REST failure, with the HTTP status. */
-export class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
-
 /** The view token from the page URL (`?token=...`), or null. */
 export function pageToken() {
   return new URLSearchParams(window.location.search).get('token');
+}
+
+/** Points of one series as the REST API sends them ({name, rank, steps, values, downsampled}),
+ * values decoded. */
+export function decodeSeries(s) {
+  return { ...s, values: s.values.map(fromWire), downsampled: !!s.downsampled };
 }
 
 /** REST client; adds the view token (if any) to every request. */
 export class Api {
   constructor(token = pageToken()) {
     this.token = token;
+    this.readOnly = false; // live: the view follows the socket and can fetch finer data
   }
 
   /** A same-origin URL for `path` with query `params` (arrays repeat the key) and the token. */
@@ -103,7 +139,7 @@ export class Api {
     if (!names.length) return [];
     const body = await this.get(`/api/runs/${encodeURIComponent(runId)}/series`,
       { name: names, buckets, start, end });
-    return body.series.map((s) => ({ ...s, values: s.values.map(fromWire), downsampled: !!s.downsampled }));
+    return body.series.map(decodeSeries);
   }
 
   /** Clip events of a run (within [start, end] if given), decoded. */
@@ -126,4 +162,71 @@ export class Api {
   async alerts(runName) {
     return (await this.get('/api/alerts', { run: runName })).alerts.map(decodeAlert);
   }
+}
+
+/**
+ * The API of one run answered from the data an exported report carries inline
+ * (`<script type="application/json" id="trainvitals-report">`, written by
+ * server/views/report.py): the same methods and answers as `Api`, so `RunView` draws the report
+ * exactly as it draws the page. Read-only: nothing live, nothing finer to fetch, no exports.
+ */
+export class ReportApi {
+  /** @param {object} data {run_id, detail, series, clips, health, alerts} in wire encoding */
+  constructor(data) {
+    this.data = data;
+    this.runId = data.run_id;
+    this.readOnly = true;
+    this.inlined = new Set(data.series.map((s) => s.name));
+  }
+
+  /** The report's data, or an ApiError(404) for any other run (as the server would answer). */
+  answer(runId, value) {
+    if (Number(runId) !== this.runId) throw new ApiError(404, `no run with id ${runId} in this report`);
+    return value;
+  }
+
+  async runs() {
+    return [this.data.detail.run];
+  }
+
+  async run(runId) {
+    return this.answer(runId, this.data.detail);
+  }
+
+  /** The inlined points of the named series within [start, end] (`buckets` is moot: the
+   * server already thinned long series for the report). */
+  async series(runId, names, { start = null, end = null } = {}) {
+    this.answer(runId, null);
+    const missing = names.filter((n) => !this.inlined.has(n)
+      && this.data.detail.series.some((s) => s.name === n));
+    if (missing.length) console.error('trainvitals: the report lacks series it should draw:', missing);
+    const wanted = new Set(names);
+    return this.data.series.filter((s) => wanted.has(s.name)).map((s) => within(decodeSeries(s), start, end));
+  }
+
+  async clips(runId, { start = null, end = null, limit = Infinity } = {}) {
+    this.answer(runId, null);
+    return this.data.clips.filter((c) => (start === null || c.step >= start) && (end === null || c.step <= end))
+      .slice(0, limit).map(decodeClip);
+  }
+
+  async health(runId) {
+    return this.answer(runId, this.data.health);
+  }
+
+  async alerts(runName) {
+    return runName === this.data.detail.run.name ? this.data.alerts.map(decodeAlert) : [];
+  }
+
+  /** No server to download from. */
+  exportUrl() {
+    return null;
+  }
+}
+
+/** The points of `s` with steps in [start, end] (null: open). */
+function within(s, start, end) {
+  if (start === null && end === null) return s;
+  const keep = s.steps.map((step) => (start === null || step >= start) && (end === null || step <= end));
+  return { ...s, steps: s.steps.filter((_, i) => keep[i]), values: s.values.filter((_, i) => keep[i]) };
 }

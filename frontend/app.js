@@ -11,6 +11,7 @@
 import { Api, decodeAlert, decodeRecord } from './api.js';
 import { CompareView } from './compare_view.js';
 import { h, replaceChildren } from './dom.js';
+import { exposeHooks } from './hooks.js';
 import { Live } from './live.js';
 import { RunView } from './run_view.js';
 import { RunsList } from './runs.js';
@@ -188,25 +189,11 @@ class App {
 
 const app = new App();
 
-// Read-only hooks for tests and for poking around in the console.
-Object.defineProperty(window, 'trainvitals', {
-  value: Object.freeze({
-    /** Live step records applied to the open view since it was (re)loaded. */
-    get pointsReceived() { return app.view?.pointsReceived ?? 0; },
-    /** Zoomed re-fetches the open view has drawn (only long, thinned runs re-fetch). */
-    get refetches() { return app.view?.refetches ?? 0; },
-    /** Whether the open view's full range came downsampled by the server. */
-    get downsampled() { return app.view?.thinned ?? false; },
-    get liveState() { return app.liveEl.dataset.state; },
-    get toasts() { return app.toasts.shown; },
-    get notifications() { return app.notifier.sent; },
-    /** {trace key: number of points} of chart `id` ('chart-loss', 'chart-grad', ...). */
-    traceLengths: (id) => app.view?.traceLengths(id) ?? {},
-    /** Full redraws of chart `id` since the view was opened (reloads only; live data appends). */
-    draws: (id) => app.view?.draws(id) ?? 0,
-    /** Resolves once queued chart updates are drawn. */
-    settled: () => app.view?.settled() ?? Promise.resolve(),
-  }),
+// Read-only hooks for tests and the console (hooks.js).
+exposeHooks(() => app.view, {
+  get liveState() { return app.liveEl.dataset.state; },
+  get toasts() { return app.toasts.shown; },
+  get notifications() { return app.notifier.sent; },
 });
 
 app.start();

@@ -8,6 +8,7 @@
 import { h, replaceChildren } from './dom.js';
 import { displayStatus, formatStep } from './format.js';
 import { ChartGroup } from './linked.js';
+import { tensorSeries } from './series.js';
 import { GRAD_CHART, LOSS_CHART, idPart, tensorOf } from './vitals.js';
 
 const RUN_COLORS = ['#2563eb', '#dc2626', '#059669', '#9333ea', '#ea580c', '#0891b2', '#4d7c0f', '#be185d'];
@@ -22,7 +23,7 @@ function compareSpecs(tensors) {
     ...tensors.map((tensor) => ({
       id: `chart-tensor-${idPart(tensor)}`, tensor, title: `Tensor ${tensor}: max`,
       note: 'Largest finite element, per run.', logY: false, yTitle: 'max',
-      accepts: (n) => n === `tensor/${tensor}/max`,
+      accepts: (n) => n === tensorSeries(tensor, 'max'),
     })),
   ];
 }

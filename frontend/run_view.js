@@ -6,6 +6,9 @@
 // drop points they already hold, so the overlap between snapshot and buffer costs nothing.
 // The section carries data-state="loading|ready|error" and data-run-id.
 //
+// Read-only (an exported report, `api.readOnly`): the same drawing from data the file carries;
+// nothing is followed live, nothing finer is fetched on zoom, and there are no export links.
+//
 // Long runs: series are fetched for the charts' pixel width, and the server thins long ranges
 // with M4 (per pixel column first/last/min/max, NaN/Inf kept), so a lone spike is still drawn.
 // If anything came thinned, every zoom re-fetches the visible range for that width: finer and
@@ -16,18 +19,19 @@ import { h, replaceChildren } from './dom.js';
 import { displayStatus, formatFullTime, formatStep, formatValue, plotlyText } from './format.js';
 import { HealthBanner } from './health.js';
 import { ChartGroup } from './linked.js';
-import { CHARTS, LOSS_CHART, TENSOR_STATS, clipText, clipTrace, tensorChart, tensorOf } from './vitals.js';
+import { parseSeries } from './series.js';
+import { CHARTED_STATS, CHARTS, LOSS_CHART, clipText, clipTrace, tensorChart, tensorOf } from './vitals.js';
 
 const HEALTH_DEBOUNCE_MS = 400;
 const ZOOM_HALF_WIDTH = 25; // steps either side of a clicked alert, at least
 const COUNT_STATS = ['nan', 'posinf', 'neginf'];
 // Draw order: raw loss first (it gets the first legend slot), markers later; tensor stats in
-// TENSOR_STATS order per rank, so each band's max trace follows its min.
+// CHARTED_STATS order per rank, so each band's max trace follows its min.
 const FIRST = ['loss', 'loss_used', 'grad_norm', 'grad_norm_post'];
 
 function drawOrder(s) {
   const t = tensorOf(s.name);
-  if (t) return [1, t.tensor, s.rank, TENSOR_STATS.indexOf(t.stat)];
+  if (t) return [1, t.tensor, s.rank, CHARTED_STATS.indexOf(t.stat)];
   return [0, '', s.rank, FIRST.indexOf(s.name) >>> 0];
 }
 
@@ -51,6 +55,7 @@ export class RunView {
   constructor(root, api, runId, { follow, onError }) {
     this.root = root;
     this.api = api;
+    this.readOnly = Boolean(api.readOnly);
     this.runId = runId;
     this.hooks = { follow, onError };
     this.run = null;
@@ -84,7 +89,7 @@ export class RunView {
     this.statusEl = h('span', { class: 'status' });
     this.metaEl = h('p', { class: 'run-meta' });
     this.configEl = h('details', { id: 'config', class: 'config', hidden: true });
-    const exports = h('p', { class: 'exports' }, 'Export: ',
+    const exports = this.readOnly ? null : h('p', { class: 'exports' }, 'Export: ',
       h('a', { id: 'export-html', href: this.api.exportUrl(this.runId, 'report.html'), download: '' },
         'HTML report'), ' · ',
       h('a', { id: 'export-csv', href: this.api.exportUrl(this.runId, 'export.csv'), download: '' }, 'CSV'));
@@ -155,6 +160,7 @@ export class RunView {
     if (this.configEl.dataset.shown === text) return; // keep it open or closed as the user left it
     this.configEl.dataset.shown = text;
     this.configEl.hidden = entries.length === 0;
+    this.configEl.open = this.readOnly; // a report is read top to bottom: show it
     replaceChildren(this.configEl, h('summary', {}, `Config (${entries.length})`),
       h('table', { class: 'config-table' }, entries.map(([k, v]) =>
         h('tr', {}, h('th', {}, k), h('td', {}, typeof v === 'string' ? v : JSON.stringify(v))))));
@@ -203,7 +209,7 @@ export class RunView {
 
   /** Fetch the visible steps again for the charts' width (only if the full view was thinned). */
   async refetch(range) {
-    if (!this.thinned || this.destroyed || this.root.dataset.state !== 'ready') return;
+    if (this.readOnly || !this.thinned || this.destroyed || this.root.dataset.state !== 'ready') return;
     const token = ++this.loadToken;
     this.loading = true;
     this.buffer = [];
@@ -254,7 +260,7 @@ export class RunView {
   addValue(name, rank, step, value, clip) {
     const spec = this.specFor(name);
     if (!spec) return;
-    if (!this.componentOrder.has(name) && name.startsWith('loss/')) {
+    if (!this.componentOrder.has(name) && parseSeries(name).kind === 'component') {
       this.componentOrder.set(name, this.componentOrder.size); // one colour per component
     }
     this.group.get(spec.id).chart.addPoint(`s:${name}#${rank}`, this.label(spec, name, rank),
@@ -310,7 +316,8 @@ export class RunView {
     const { extra } = this.group.get(LOSS_CHART.id);
     extra.hidden = clips.length < clipLimit;
     extra.className = 'chart-extra';
-    extra.textContent = `Showing the first ${clips.length} loss-guard events here; zoom in to see the others.`;
+    extra.textContent = `Showing the first ${clips.length} loss-guard events here; `
+      + (this.readOnly ? 'the report holds no more.' : 'zoom in to see the others.');
     this.renderCounts();
     for (const { chart } of this.group.entries()) chart.draw();
   }

@@ -1,6 +1,7 @@
 // Which series go on which chart, and how they look. Adding a chart = adding a spec here.
 
 import { formatValue, plotlyText } from './format.js';
+import { TENSOR_STATS, parseSeries, tensorSeries } from './series.js';
 
 const COMPONENT_COLORS = ['#0891b2', '#16a34a', '#ca8a04', '#db2777', '#4f46e5', '#65a30d', '#ea580c'];
 
@@ -39,7 +40,7 @@ export const LOSS_CHART = {
     + '✕ NaN, ▲ +Inf, ▼ -Inf at the chart edge.',
   logY: false,
   yTitle: 'loss',
-  accepts: (name) => name === 'loss' || name === 'loss_used' || name.startsWith('loss/'),
+  accepts: (name) => name === 'loss' || name === 'loss_used' || parseSeries(name).kind === 'component',
   style(name, order, rank) {
     if (name === 'loss') return line(rankColor('#2563eb', rank), { width: 2 });
     if (name === 'loss_used') return line(rankColor('#f97316', rank), { width: 2.5, dash: 'dot' });
@@ -86,22 +87,21 @@ export function clipText(clip, step, rankLabel = '') {
   return parts.join('<br>');
 }
 
-/** Tensor statistics drawn on a tensor's chart, in trace order (min right before max: band). */
-export const TENSOR_STATS = ['min', 'max', 'mean', 'nan', 'posinf', 'neginf'];
+/** The tensor statistics a tensor's chart draws, in trace order (min right before max: the
+ * band). Which to draw is the page's choice; that they exist is the contract's (TENSOR_STATS):
+ * one the protocol drops is left out here rather than drawn empty. */
+export const CHARTED_STATS = ['min', 'max', 'mean', 'nan', 'posinf', 'neginf']
+  .filter((stat) => TENSOR_STATS.includes(stat));
 const COUNT_STYLE = {
   nan: { color: '#111827', label: 'NaN elements' },
   posinf: { color: '#9333ea', label: '+Inf elements' },
   neginf: { color: '#c026d3', label: '−Inf elements' },
 };
 
-/** {tensor, stat} of a drawn tensor series (`tensor/<name>/<stat>`), or null. */
+/** {tensor, stat} of a charted tensor series (`tensor/<name>/<stat>`), or null. */
 export function tensorOf(name) {
-  if (!name.startsWith('tensor/')) return null;
-  const rest = name.slice('tensor/'.length);
-  const cut = rest.lastIndexOf('/');
-  if (cut <= 0) return null;
-  const stat = rest.slice(cut + 1);
-  return TENSOR_STATS.includes(stat) ? { tensor: rest.slice(0, cut), stat } : null;
+  const { kind, name: tensor, stat } = parseSeries(name);
+  return kind === 'tensor' && CHARTED_STATS.includes(stat) ? { tensor, stat } : null;
 }
 
 /** A DOM-id-safe form of a tensor name (ids are built from it; any character may appear). */
@@ -140,10 +140,10 @@ export function tensorChart(tensor) {
       return COUNT_STYLE[stat]?.label ?? stat;
     },
     style: (name, order, rank) => () => style(tensorOf(name).stat, rank),
-    /** Rank 0's traces in TENSOR_STATS order, so the band fills from min to max. */
+    /** Rank 0's traces in CHARTED_STATS order, so the band fills from min to max. */
     prepare(chart, label) {
-      for (const stat of TENSOR_STATS) {
-        const name = `tensor/${tensor}/${stat}`;
+      for (const stat of CHARTED_STATS) {
+        const name = tensorSeries(tensor, stat);
         chart.series(`s:${name}#0`, label(name, 0), () => style(stat, 0));
       }
     },

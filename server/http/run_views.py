@@ -17,10 +17,10 @@ from trainvitals.server.http.params import RunId
 from trainvitals.server.http.responses import WireJSONResponse
 from trainvitals.server.store import RunRow, Store
 from trainvitals.server.views.export import csv_chunks
-from trainvitals.server.views.health import gather, live_status, summarize
-from trainvitals.server.views.report import html_report
+from trainvitals.server.views.health import Health, gather, live_status, summarize
+from trainvitals.server.views.report import html_report, report_data
 
-__all__ = ["add_routes", "run_json"]
+__all__ = ["add_routes", "health_json", "run_json"]
 
 
 def run_json(run: RunRow, request: Request) -> dict[str, Any]:
@@ -35,6 +35,12 @@ def run_json(run: RunRow, request: Request) -> dict[str, Any]:
     return body
 
 
+def health_json(run_id: int, health: Health) -> dict[str, Any]:
+    """A run's health as the API shows it."""
+    return {"run_id": run_id, "level": health.level, "summary": health.summary,
+            "sentences": health.sentences}
+
+
 def add_routes(router: APIRouter) -> None:
     """Add ``/runs/{id}/health``, ``/runs/{id}/report.html`` and ``/runs/{id}/export.csv``."""
 
@@ -44,17 +50,23 @@ def add_routes(router: APIRouter) -> None:
         store, run = _run(request, run_id)
         settings = request.app.state.settings
         health = summarize(gather(store, run, time.time(), settings.silent_after_s))
-        return WireJSONResponse({"run_id": run_id, "level": health.level,
-                                 "summary": health.summary, "sentences": health.sentences})
+        return WireJSONResponse(health_json(run_id, health))
 
     @router.get("/runs/{run_id}/report.html", response_class=HTMLResponse)
     def get_report(run_id: RunId, request: Request) -> Any:
-        """A self-contained HTML report (plotly.js embedded), as a download."""
+        """A self-contained HTML report (the page's run view, plotly.js and the run's data
+        inside; opens offline), as a download."""
         store, run = _run(request, run_id)
         now, after = time.time(), request.app.state.settings.silent_after_s
         health = summarize(gather(store, run, now, after))
-        page = html_report(store, run, health, live_status(run, now, after))
-        return HTMLResponse(page, headers=_download(run, "html"))
+        data = report_data(store, run, run_body=run_json(run, request),
+                           health_body=health_json(run_id, health), made=now)
+        # Served with the server's own strict CSP (script-src 'self', set on every answer),
+        # under which the report's inline scripts do not run: it is a download
+        # (Content-Disposition: attachment), never shown from this URL. Opened from disk, the
+        # file's own <meta> CSP applies instead: its two inline scripts by hash, blob: modules,
+        # no requests at all.
+        return HTMLResponse(html_report(data), headers=_download(run, "html"))
 
     @router.get("/runs/{run_id}/export.csv",  # documented as CSV in the OpenAPI schema
                 responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})

@@ -1,255 +1,172 @@
-"""A run as a self-contained HTML report: health, alerts, config and its charts.
+"""A run as one self-contained HTML file, drawn by the dashboard's own JavaScript.
 
-The charts are Plotly figures built with the ``plotly`` package, with plotly.js embedded once,
-so the file opens anywhere without a network. Long series are downsampled with M4 (extremes and
-non-finite values kept), so a spike in a million steps is in the report too. As on the page,
-NaN/±Inf are drawn as markers on the chart's edge, and every user-named string is escaped
-(``html.escape`` for the page, entity-escaping for plotly's pseudo-HTML labels).
+There is one chart renderer: the page's. The report is the run view of the dashboard
+(``frontend/run_view.js`` and what it imports), read-only, over the run's data inlined in the
+file — the very answers the REST API would give it (run row, series list, health, alerts, clip
+events, and the points of every series the run view charts; long series M4-downsampled as for a
+chart ``REPORT_BUCKETS`` pixels wide, NaN/±Inf as ``"NaN"``/``"Infinity"``/``"-Infinity"``).
+``frontend/report.js`` answers the view's API calls from that data (``ReportApi`` in api.js).
+
+The file opens offline, from disk, with no network at all. It holds:
+
+* ``<script type="application/json">`` blocks: the contract (``contract.json``), the run's
+  data, and the text of our ES modules. Every ``<`` in them is written ``\\u003c`` (the same
+  character to ``JSON.parse``), so no user-named string can end the block: a run named
+  ``</script><img onerror=…>`` stays data, and the page shows it as text (dom.js ``h()``);
+* plotly.min.js from the installed ``plotly`` package, inline;
+* ``report_loader.js``, the one inline module: it makes each inlined module a blob: URL and
+  imports ``report.js`` (ES modules cannot load from file://; see that file).
+
+A Content-Security-Policy in a ``<meta>`` lets exactly those two inline scripts (by hash) and
+the blob: modules run, and nothing be fetched, wherever the file is opened.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import hashlib
 import json
-import math
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
 
-import plotly.graph_objects as go
+from trainvitals.protocol.series import parse_series
+from trainvitals.protocol.wire_json import to_wire
+from trainvitals.server.store import RunRow, Store
+from trainvitals.server.store.downsample import for_width
+from trainvitals.server.views.ranks import bad_ranks
 
-from trainvitals.server.alerts import Alert
-from trainvitals.server.store import ClipRow, RunRow, SeriesData, Store
-from trainvitals.server.views.health import Health, num
+__all__ = ["REPORT_BUCKETS", "REPORT_CLIPS", "charted", "html_report", "report_data"]
 
-__all__ = ["REPORT_BUCKETS", "html_report", "series_for_chart", "tensor_series"]
-
-REPORT_BUCKETS = 2000  # M4 columns per series; shorter series are included whole
-BAND = "rgba(2, 132, 199, 0.15)"  # fill between a tensor's min and max
-REPORT_CLIPS = 20_000  # loss-guard markers drawn at most (the first ones)
-STATS = ("min", "max", "mean", "nan", "posinf", "neginf")
-EDGE = {"nan": ("NaN", 1.0, "x-thin-open", "#111827"),
-        "posinf": ("+Inf", 1.0, "triangle-up", "#9333ea"),
-        "neginf": ("-Inf", 0.0, "triangle-down", "#9333ea"),
-        "nonpos": ("≤ 0 (off log scale)", 0.0, "circle-open", "#64748b")}
-LINE = {"loss": ("#2563eb", "solid"), "loss_used": ("#f97316", "dot"),
-        "grad_norm": ("#059669", "solid"), "grad_norm_post": ("#7c3aed", "dot"),
-        "min": ("#0284c7", "solid"), "max": ("#0284c7", "solid"), "mean": ("#0c4a6e", "solid")}
-
-
-def label(text: str) -> str:
-    """User text for plotly labels, which read a few HTML-like tags: entity-escaped."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+REPORT_BUCKETS = 2000  # M4 columns per series; series of at most 4 points per column go whole
+REPORT_CLIPS = 20_000  # loss-guard events inlined at most (the first ones)
+ENTRY = "report.js"  # the report's entry module, in frontend/
+LOADER = "report_loader.js"  # inlined as a script of its own, not as a module of the bundle
+# What the run view charts (frontend/vitals.js: LOSS_CHART, GRAD_CHART, CHARTED_STATS), so the
+# file carries no series that nobody draws. Should the page chart more, ReportApi says so in
+# the console for each series it is asked for and lacks (and the report tests fail on it).
+CHARTED_TOP = ("loss", "loss_used", "grad_norm", "grad_norm_post")
+CHARTED_TENSOR_STATS = ("min", "max", "mean", "nan", "posinf", "neginf")
+# Text after which an inline <script> would stop being script (or change how it is parsed).
+_UNSAFE_IN_SCRIPT = re.compile(r"</script|<!--", re.IGNORECASE)
 
 
-def tensor_series(name: str) -> tuple[str, str] | None:
-    """``("depth_raw", "max")`` for ``tensor/depth_raw/max``; None for other series."""
-    if not name.startswith("tensor/") or name.count("/") < 2:
-        return None
-    tensor, stat = name[len("tensor/"):].rsplit("/", 1)
-    return (tensor, stat) if stat in STATS else None
+def charted(name: str) -> bool:
+    """Whether the run view draws series ``name`` (raw and used loss, components, gradient
+    norms, and the charted statistics of each tensor)."""
+    parsed = parse_series(name)
+    if parsed.kind == "top":
+        return name in CHARTED_TOP
+    if parsed.kind == "tensor":
+        return parsed.stat in CHARTED_TENSOR_STATS
+    return parsed.kind == "component"
 
 
-def series_for_chart(store: Store, run_id: int, name: str, points: int) -> list[SeriesData]:
-    """All points of a series, or its M4 downsample when it has many."""
-    if points > 4 * REPORT_BUCKETS:
-        return store.series_m4(run_id, name, buckets=REPORT_BUCKETS)
-    return store.series(run_id, name)
+def report_data(store: Store, run: RunRow, *, run_body: dict[str, Any],
+                health_body: dict[str, Any], made: float) -> dict[str, Any]:
+    """What the report's ``ReportApi`` answers from, in wire encoding (JSON-ready).
 
-
-@dataclass
-class _Chart:
-    title: str
-    log: bool = False
-    y2: str = ""  # title of the right-hand axis of tensor NaN/Inf counts (when any is > 0)
-
-    def __post_init__(self) -> None:
-        self.fig = go.Figure()
-        self.edges: dict[str, dict[int, list[str]]] = {}  # kind -> step -> hover lines
-        self.counts = False  # whether any NaN/Inf count is drawn (on the right-hand axis)
-
-    def line(self, data: SeriesData, name: str, color: str, dash: str, *,
-             fill: bool = False, right: bool = False) -> None:
-        """A series as a line; off-scale values become edge markers instead of vanishing."""
-        ys: list[float | None] = []
-        for step, v in zip(data.steps, data.values, strict=True):
-            kind = _kind(v, self.log and not right)
-            ys.append(v if kind == "finite" else None)
-            if kind != "finite":  # one marker per kind and step; its hover lists the series
-                lines = self.edges.setdefault(kind, {}).setdefault(step, [])
-                lines.append(f"{label(name)} = {num(v)}")
-        if right and not any(ys):
-            return  # NaN/Inf counts that stayed 0 are left out, like an empty axis for them
-        self.counts = self.counts or right
-        self.fig.add_trace(go.Scatter(
-            x=data.steps, y=ys, mode="lines", name=label(name), connectgaps=False,
-            line={"color": color, "dash": dash, "width": 1 if fill else 2,
-                  "shape": "hv" if right else "linear"},
-            fill="tonexty" if fill else None, fillcolor=BAND if fill else None,
-            yaxis="y3" if right else "y"))
-
-    def clips(self, clips: list[ClipRow], run: RunRow) -> None:
-        """Loss-guard events with a finite raw loss as markers (NaN/Inf ones are edge markers)."""
-        shown = [c for c in clips if math.isfinite(c.raw)]
-        if not shown:
-            return
-        self.fig.add_trace(go.Scatter(
-            x=[c.step for c in shown], y=[c.raw for c in shown], mode="markers",
-            name="loss guard fired", text=[_clip_text(c, run) for c in shown],
-            hovertemplate="%{text}<extra></extra>",
-            marker={"symbol": "diamond-open", "size": 10, "color": "#dc2626"}))
-
-    def finish(self) -> go.Figure:
-        for kind, by_step in self.edges.items():
-            name, y, symbol, color = EDGE[kind]
-            xs = sorted(by_step)
-            texts = [f"<b>{name} at step {x}</b><br>" + "<br>".join(by_step[x]) for x in xs]
-            self.fig.add_trace(go.Scatter(
-                x=xs, y=[y] * len(xs), yaxis="y2", mode="markers", name=name, text=texts,
-                hovertemplate="%{text}<extra></extra>", cliponaxis=False,
-                marker={"symbol": symbol, "color": color, "size": 10}))
-        layout: dict[str, object] = {
-            "title": {"text": label(self.title)}, "height": 340, "template": "plotly_white",
-            "margin": {"l": 60, "r": 60, "t": 50, "b": 40}, "hovermode": "closest",
-            "xaxis": {"title": {"text": "step"}},
-            "yaxis": {"type": "log" if self.log else "linear"},
-            "yaxis2": {"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-            "legend": {"orientation": "h", "y": -0.2, "traceorder": "normal"}}
-        if self.counts:
-            layout["yaxis3"] = {"overlaying": "y", "side": "right", "rangemode": "tozero",
-                                "title": {"text": self.y2}, "showgrid": False}
-        self.fig.update_layout(**layout)
-        return self.fig
-
-
-def _clip_text(c: ClipRow, run: RunRow) -> str:
-    rank = f" (rank {c.rank})" if run.world_size > 1 or c.rank else ""
-    parts = [f"<b>loss guard fired</b> at step {c.step}{rank}",
-             f"raw {num(c.raw)} · threshold {num(c.threshold)}",
-             f"action {label(c.action)} · reason {label(c.reason)}"]
-    if c.components:
-        parts.append(", ".join(f"{label(k)} {num(v)}" for k, v in c.components.items()))
-    return "<br>".join(parts)
-
-
-def _kind(v: float, log: bool) -> str:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "posinf" if v > 0 else "neginf"
-    return "nonpos" if log and v <= 0 else "finite"
-
-
-def _charts(store: Store, run: RunRow) -> Iterator[_Chart]:
-    counts = {(s.name): s.points for s in store.series_list(run.id)}  # max over ranks is enough
-
-    def get(name: str) -> list[SeriesData]:
-        return series_for_chart(store, run.id, name, counts[name]) if name in counts else []
-
-    loss = _Chart("Loss: raw vs. backpropagated")
-    names = ["loss", "loss_used", *sorted(n for n in counts if n.startswith("loss/"))]
-    for i, name in enumerate(names):
-        color, dash = LINE.get(name, (_PALETTE[i % len(_PALETTE)], "solid"))
-        for d in get(name):
-            loss.line(d, _ranked(name, d.rank, run), color, dash)
-    loss.clips(store.clips(run.id, limit=REPORT_CLIPS), run)
-    yield loss
-    grad = _Chart("Gradient norm (log scale)", log=True)
-    for name in ("grad_norm", "grad_norm_post"):
-        for d in get(name):
-            grad.line(d, _ranked(name, d.rank, run), *LINE[name])
-    yield grad
-    for tensor in sorted({t[0] for n in counts if (t := tensor_series(n))}):
-        chart = _Chart(f"Tensor {tensor}: min/max band, mean", y2="NaN/Inf elements")
-        by_rank: dict[int, dict[str, SeriesData]] = {}
-        for stat in STATS:
-            for d in get(f"tensor/{tensor}/{stat}"):
-                by_rank.setdefault(d.rank, {})[stat] = d
-        for rank, stats in sorted(by_rank.items()):
-            for stat, d in sorted(stats.items(), key=lambda item: STATS.index(item[0])):
-                # "max" fills down to the trace before it, "min" of the same rank: the band.
-                color, dash = LINE[stat] if stat in LINE else (_COUNT_COLORS[stat], "dot")
-                chart.line(d, _ranked(f"{tensor} {stat}", rank, run), color, dash,
-                           fill=stat == "max" and "min" in stats,
-                           right=stat in ("nan", "posinf", "neginf"))
-        yield chart
-
-
-_PALETTE = ("#0891b2", "#16a34a", "#ca8a04", "#db2777", "#4f46e5", "#65a30d", "#ea580c")
-_COUNT_COLORS = {"nan": "#111827", "posinf": "#9333ea", "neginf": "#c026d3"}
-
-
-def _ranked(name: str, rank: int, run: RunRow) -> str:
-    return f"{name} [rank {rank}]" if run.world_size > 1 or rank else name
-
-
-def html_report(store: Store, run: RunRow, health: Health, status: str) -> str:
-    """The whole report page for ``run`` (its current ``status`` and ``health`` given)."""
-    figures = [c.finish() for c in _charts(store, run)]
-    plots = [f.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"chart-{i}",
-                       config={"displaylogo": False, "responsive": True})
-             for i, f in enumerate(figures)]
+    ``run_body`` is the run as ``GET /api/runs`` shows it, ``health_body`` what
+    ``GET /api/runs/{id}/health`` answers; ``made`` is when the report was made (Unix time).
+    """
+    listed = store.series_list(run.id)
     alerts = store.alerts(run=run.name)
-    e = html.escape
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.first_time or run.created))
-    return _PAGE.format(
-        title=e(run.name), status=e(status), steps=f"{run.steps:,}",
-        last_step="—" if run.last_step is None else f"{run.last_step:,}", started=e(started),
-        level=e(health.level), summary=e(health.summary),
-        reason=f"· {e(run.reason)}" if run.reason else "",
-        alerts="".join(_alert_row(a) for a in alerts) or _EMPTY_ALERTS,
-        config="".join(f"<tr><th>{e(str(k))}</th><td>{e(_config_text(v))}</td></tr>"
-                       for k, v in run.config.items()) or "<tr><td>none</td></tr>",
-        charts="\n".join(f'<section class="chart">{p}</section>' for p in plots),
-        made=e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())))
+    ranked = bad_ranks(alerts)
+    data: dict[str, Any] = to_wire({
+        "run_id": run.id,
+        "made": made,
+        "detail": {"run": run_body, "series": listed,  # as GET /api/runs/{id}
+                   "first_bad": ranked[0] if ranked else None, "bad_ranks": ranked},
+        "series": _charted_points(store, run.id, sorted({s.name for s in listed})),
+        "clips": store.clips(run.id, limit=REPORT_CLIPS),
+        "health": health_body,
+        "alerts": alerts,
+    })
+    return data
 
 
-def _config_text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+def _charted_points(store: Store, run_id: int, names: list[str]) -> list[dict[str, Any]]:
+    """Each charted series per rank, as ``GET …/series?buckets=REPORT_BUCKETS`` answers."""
+    return [{**vars(data), "downsampled": thinned} for name in names if charted(name)
+            for data, thinned in for_width(store, run_id, name, rank=None, start=None, end=None,
+                                           buckets=REPORT_BUCKETS)]
 
 
-def _alert_row(a: Alert) -> str:
-    e = html.escape
-    resolved = "" if a.resolved_step is None else f" (step {a.resolved_step:,})"
-    return (f'<tr class="sev-{e(a.severity)}"><td>{e(a.severity)}</td><td>{e(a.rule)}</td>'
-            f"<td><code>{e(a.series)}</code></td><td>{e(a.state)}{resolved}</td>"
-            f"<td>{a.first_step:,}–{a.last_step:,}</td><td>{a.count:,}</td>"
-            f"<td>{e(a.message)}</td></tr>")
+def html_report(data: dict[str, Any]) -> str:
+    """The report file for ``data`` (from ``report_data``)."""
+    plotly, loader = _plotly_js(), _frontend_text(LOADER)
+    blocks = {"trainvitals-contract": json.loads(_frontend_text("contract.json")),
+              "trainvitals-report": data,
+              "trainvitals-modules": {"entry": ENTRY, "modules": _modules()}}
+    return "".join([
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+        f'<meta http-equiv="Content-Security-Policy" content="{report_csp(plotly, loader)}">\n',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+        "<title>trainvitals report</title>\n",  # report.js puts the run's name in
+        f"<style>\n{_frontend_text('style.css')}</style>\n</head>\n",
+        _BODY,
+        *(_json_block(block_id, value) for block_id, value in blocks.items()),
+        f"<script>{_inline_script(plotly)}</script>\n",
+        f'<script type="module">{_inline_script(loader)}</script>\n',
+        "</body>\n</html>\n"])
 
 
-_EMPTY_ALERTS = '<tr><td colspan="7">No alerts.</td></tr>'
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{title} — trainvitals report</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; color: #1f2937; margin: 24px auto;
-       max-width: 1200px; padding: 0 16px; }}
-h1 {{ font-size: 22px; margin: 0 0 4px; overflow-wrap: anywhere; }}
-.meta {{ color: #6b7280; margin: 0 0 12px; }}
-.health {{ padding: 10px 14px; border-radius: 6px; border-left: 5px solid #065f46;
-          background: #d1fae5; }}
-.health.warning {{ border-color: #b45309; background: #fef3c7; }}
-.health.critical {{ border-color: #b91c1c; background: #fee2e2; }}
-table {{ border-collapse: collapse; margin: 8px 0 16px; width: 100%; }}
-th, td {{ text-align: left; padding: 4px 8px; border-bottom: 1px solid #e5e7eb;
-         vertical-align: top; overflow-wrap: anywhere; }}
-#alerts td:nth-child(-n+6) {{ white-space: nowrap; overflow-wrap: normal; }}
-tr.sev-critical td:first-child {{ color: #b91c1c; font-weight: 700; }}
-tr.sev-warning td:first-child {{ color: #92400e; font-weight: 700; }}
-.chart {{ margin: 12px 0; }}
-</style></head>
-<body>
-<h1>{title}</h1>
-<p class="meta">status <b>{status}</b> · {steps} steps (last {last_step}) · started {started}
-  {reason}</p>
-<p class="health {level}" id="health">{summary}</p>
-{charts}
-<h2>Alerts</h2>
-<table id="alerts"><tr><th>severity</th><th>rule</th><th>series</th><th>state</th>
-<th>steps</th><th>count</th><th>message</th></tr>{alerts}</table>
-<h2>Config</h2>
-<table id="config">{config}</table>
-<p class="meta">trainvitals report, made {made}. NaN, +Inf and -Inf are drawn as markers on
-the chart's top or bottom edge; long series are downsampled keeping every extreme (M4).</p>
-</body></html>
+def report_csp(*scripts: str) -> str:
+    """The report's own policy: only ``scripts`` (inline, by hash) and blob: modules run; no
+    request leaves the file. Styles are inline, and plotly.js injects some (as on the page)."""
+    hashes = " ".join(f"'sha256-{_sha256(s)}'" for s in scripts)
+    return (f"default-src 'none'; script-src {hashes} blob:; style-src 'unsafe-inline'; "
+            "img-src data: blob:; connect-src 'none'; object-src 'none'; base-uri 'none'; "
+            "form-action 'none'")
+
+
+def _json_block(block_id: str, value: Any) -> str:
+    """``value`` as an inert JSON block that no string inside can close (``<`` escaped)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    inert = text.replace("<", "\\u003c")  # JSON's own escape: the same text to JSON.parse
+    return f'<script type="application/json" id="{block_id}">{inert}</script>\n'
+
+
+def _inline_script(text: str) -> str:
+    """``text`` as the body of an inline <script>; refused if it could end the element early."""
+    if _UNSAFE_IN_SCRIPT.search(text):
+        raise ValueError("script text holds '</script' or '<!--' and cannot be inlined")
+    return text
+
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+@cache
+def _plotly_js() -> str:
+    """plotly.min.js of the installed plotly package (the one the page gets from /static/)."""
+    return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text("utf-8")
+
+
+def _frontend_text(name: str) -> str:
+    return resources.files("trainvitals.frontend").joinpath(name).read_text("utf-8")
+
+
+def _modules() -> dict[str, str]:
+    """The text of every ES module of the page, by file name (the loader picks what the entry
+    module imports)."""
+    folder = resources.files("trainvitals.frontend")
+    return {p.name: p.read_text("utf-8") for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".js") and p.name != LOADER}
+
+
+# The page's layout (index.html) with one view and no runs list; report.js fills #run-view.
+_BODY = """<body class="report">
+<header class="topbar"><span class="brand">trainvitals</span>
+<span id="report-made" class="report-made">report</span></header>
+<div id="error" class="error-banner" role="alert" hidden></div>
+<noscript><p class="error-banner">This report draws its charts with JavaScript.</p></noscript>
+<main class="layout report-layout">
+<section id="run-view" class="run-view" data-state="loading" aria-live="polite">
+<p class="empty placeholder">Drawing the report…</p></section>
+</main>
+<footer class="report-note">NaN, +Inf and −Inf are drawn as markers on the chart's top or bottom
+edge; long series are downsampled keeping every extreme and every NaN/Inf (M4).</footer>
 """

@@ -3,7 +3,8 @@
 The browser tests (marked ``browser``) run apart from the other tests, since sync Playwright
 and pytest-asyncio do not share a process: ``pytest -m browser``. They need Debian's Chromium
 at /usr/bin/chromium. The last test needs no browser and runs with the rest. The long-run
-(1,000,000 steps) and exported-report tests are in test_dashboard_long.py.
+(1,000,000 steps) tests are in test_dashboard_long.py; the exported report is held to what this
+page draws in tests/server/test_report.py.
 """
 
 from __future__ import annotations

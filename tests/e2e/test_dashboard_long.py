@@ -1,4 +1,5 @@
-"""A 1,000,000-step run in headless Chromium, and the exported HTML report opened offline.
+"""A 1,000,000-step run in headless Chromium, and exported HTML reports opened offline (the
+hostile-named short run's, and the long run's: thinned, with its spike).
 
 The long run is written straight into a real SQLite file (the real write path for a million
 ``Step`` records would take minutes): a few real records create the run and its series, then
@@ -142,36 +143,62 @@ def test_a_million_step_run_shows_its_single_spike_and_zooms_to_every_point(
     assert problems == []
 
 
-@pytest.mark.browser
-def test_the_exported_report_renders_offline_with_names_as_text(
-        server: tuple[str, int, int], browser: Any, tmp_path: Path) -> None:
-    url, _, short_id = server
-    response = httpx.get(f"{url}/api/runs/{short_id}/report.html", timeout=60)
+def open_report(browser: Any, url: str, run_id: int, tmp_path: Path) -> tuple[Any, Any, list[str]]:
+    """The run's exported report, saved and opened from disk in an offline browser context;
+    (context, page, problems: errors, dialogs and any request that is not for a file)."""
+    response = httpx.get(f"{url}/api/runs/{run_id}/report.html", timeout=120)
     assert response.status_code == 200
-    report = tmp_path / "report.html"
-    report.write_text(response.text, encoding="utf-8")
-
+    report = tmp_path / f"report-{run_id}.html"
+    report.write_bytes(response.content)
     context = browser.new_context(offline=True)  # self-contained: nothing may be fetched
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     problems: list[str] = []
-    requests: list[str] = []
     pg.on("pageerror", lambda e: problems.append(str(e)))
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     pg.on("dialog", lambda d: (problems.append(f"dialog {d.message}"), d.dismiss()))
-    pg.on("request", lambda r: requests.append(r.url))
+    pg.on("request", lambda r: None if r.url.startswith(("file:", "blob:"))
+          else problems.append(f"request {r.url}"))
+    pg.goto(report.as_uri())
+    pg.wait_for_selector("#run-view[data-state='ready']")
+    return context, pg, problems
+
+
+@pytest.mark.browser
+def test_the_exported_report_renders_offline_with_names_as_text(
+        server: tuple[str, int, int], browser: Any, tmp_path: Path) -> None:
+    url, _, short_id = server
+    context, pg, problems = open_report(browser, url, short_id, tmp_path)
     try:
-        pg.goto(report.as_uri())
-        pg.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
-        assert pg.locator("h1").inner_text() == XSS
+        pg.evaluate("window.trainvitals.settled()")
+        assert pg.locator(".js-plotly-plot").count() == 3  # loss, gradients, the tensor
+        assert pg.locator("#run-view h2").inner_text() == XSS
         assert pg.locator("#config th").inner_text() == XSS
         assert pg.evaluate("document.querySelectorAll('img').length") == 0
         names = pg.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
             .flatMap(el => el.data.map(t => t.name))""")
         assert f"loss/{XSS}" in pg.locator(".legendtext").all_text_contents()
         assert "NaN" in names and "loss guard fired" in names
+        pg.wait_for_selector("#health[data-level='critical']")  # asked for apart from the charts
         assert "NaN/Inf in" in pg.locator("#health").inner_text()
         pg.wait_for_timeout(200)  # time for a (wrongly) injected handler to run
     finally:
         context.close()
     assert problems == []
-    assert [r for r in requests if not r.startswith("file:")] == []
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_million_step_runs_report_is_thinned_and_keeps_its_spike(
+        server: tuple[str, int, int], browser: Any, tmp_path: Path) -> None:
+    url, long_id, _ = server
+    context, pg, problems = open_report(browser, url, long_id, tmp_path)
+    try:
+        assert pg.evaluate("window.trainvitals.downsampled") is True
+        full = loss_trace(pg)
+        assert 1000 < len(full["x"]) <= 4 * 2000 + 8  # REPORT_BUCKETS M4 columns at most
+        assert full["x"][0] == 0 and full["x"][-1] == STEPS - 1
+        assert full["y"][full["x"].index(SPIKE_STEP)] == SPIKE == max(full["y"])
+    finally:
+        context.close()
+    assert problems == []
