@@ -1,7 +1,7 @@
 // Loads the ES modules an exported report carries inline, so that it works from file:// with no
 // network: a module cannot be loaded from file://, and a data: URL cannot be the base of
 // relative imports. So each module's text becomes a blob: URL (an in-memory object of this
-// page, never a request to anywhere), with our own `from './x.js'` imports rewritten to the
+// page, never a request to anywhere), with our own relative imports (from ./name.js) rewritten to the
 // blob: URLs of those modules (made first, depth first), and the entry module is imported.
 // server/views/report.py inlines this file as the page's one inline module script.
 

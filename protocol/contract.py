@@ -32,7 +32,9 @@ def contract() -> dict[str, Any]:
         "tensor_stats": list(series.TENSOR_STATS),
         "scalar_families": {"update": series.UPDATE, "dead_grads": series.DEAD_GRADS,
                             "trainable": series.TRAINABLE, "frozen": series.FROZEN,
-                            "lr_group": series.LR_GROUP, "normalisation": series.NORMALISATION},
+                            "not_optimised": series.NOT_OPTIMISED,
+                            "lr_group": series.LR_GROUP, "normalisation": series.NORMALISATION,
+                            "backward_factor": series.BACKWARD_FACTOR},
         "normalisation_stats": list(series.NORMALISATION_STATS),
         "non_finite_strings": sorted(NON_FINITE_STRINGS),
     }

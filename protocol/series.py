@@ -10,7 +10,7 @@ Names:
 * ``loss/<component>`` — a loss component;
 * ``scalar/<name>`` — any other scalar. The plugin's watches send families of them that the
   server's rules read: ``update/<module>``, ``dead_grads/<module>``, ``trainable/<module>``,
-  ``frozen/<module>``, ``lr/group<i>`` (``watch_optimizer``) and
+  ``frozen/<module>``, ``not_optimised/<module>``, ``lr/group<i>`` (``watch_optimizer``) and
   ``normalisation/<name>/<stat>`` (``denominator``);
 * ``tensor/<name>/<stat>`` — one statistic of a named tensor, ``stat`` one of
   ``TENSOR_STATS`` (the numeric fields of ``TensorStats``).
@@ -25,12 +25,14 @@ from typing import Literal
 from trainvitals.protocol.messages import Step, TensorStats
 
 __all__ = [
+    "BACKWARD_FACTOR",
     "COMPONENT",
     "DEAD_GRADS",
     "FROZEN",
     "LR_GROUP",
     "NORMALISATION",
     "NORMALISATION_STATS",
+    "NOT_OPTIMISED",
     "SCALAR",
     "TENSOR",
     "TENSOR_STATS",
@@ -54,6 +56,10 @@ COMPONENT, SCALAR, TENSOR = "loss/", "scalar/", "tensor/"
 TENSOR_STATS = tuple(f.name for f in fields(TensorStats) if f.name != "dtype")
 # Scalar families: names *inside* ``scalar/`` that the plugin's watches send.
 UPDATE, DEAD_GRADS, TRAINABLE, FROZEN = "update/", "dead_grads/", "trainable/", "frozen/"
+NOT_OPTIMISED = "not_optimised/"  # trainable tensors of a module that no optimizer group holds
+# d(loss used)/d(raw loss), as backward brought it to the raw loss (``attach``): 0 means a guard
+# zeroed the loss before backward.
+BACKWARD_FACTOR = "backward_factor"
 LR_GROUP = "lr/group"
 NORMALISATION = "normalisation/"
 NORMALISATION_STATS = ("denominator_min", "eps", "valid_min", "valid_zero")

@@ -61,8 +61,9 @@ class Settings(BaseSettings):
         "(append ':critical' for critical)")
     log_alerts: bool = Field(True, description="print alerts to the terminal as they happen")
     headroom_warning: float = Field(
-        0.25, ge=0, lt=1, description="warn when a tensor feeding exp has less than this "
-        "fraction of its dtype's overflow margin left (float32: max above 66.5)")
+        0.5, ge=0, lt=1, description="warn when a tensor feeding exp has less than this "
+        "fraction of its dtype's overflow margin left (0.5: exp(max)² would overflow; float32: "
+        "max above 44.4, float16: above 5.5)")
     headroom_critical: float = Field(
         0.05, ge=0, lt=1, description="critical below this fraction (float32: max above 84.3)")
     headroom_horizon: int = Field(

@@ -16,7 +16,7 @@ from trainvitals.server.alerts.model import (
     Severity,
     Threshold,
 )
-from trainvitals.server.alerts.rules import RULES
+from trainvitals.server.alerts.registry import RULE_NAMES as RULES
 
 __all__ = [
     "RULES",

@@ -9,21 +9,20 @@ may keep only the latest per key (throttle, coalesce) without losing anything; `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from trainvitals.protocol import Step
 from trainvitals.protocol.series import step_values
-from trainvitals.server.alerts.headroom import headroom
-from trainvitals.server.alerts.learning import no_learning
 from trainvitals.server.alerts.memory import RankMemory
 from trainvitals.server.alerts.model import Alert, AlertChange, AlertConfig, Finding
-from trainvitals.server.alerts.nonfinite import nonfinite
-from trainvitals.server.alerts.normalisation import normalisation
-from trainvitals.server.alerts.rules import clip, observed, stall, threshold
-from trainvitals.server.alerts.spike import spike
+from trainvitals.server.alerts.registry import RULES, observed
+from trainvitals.server.alerts.rule import Rule, RuleContext
 
 __all__ = ["AlertEngine"]
+
+log = logging.getLogger("trainvitals.server")
 
 _Key = tuple[str, str]  # (rule, series) within one rank
 
@@ -46,8 +45,11 @@ class AlertEngine:
     call ``forget`` when a run is deleted so the number of ranks stays bounded too.
     """
 
-    def __init__(self, config: AlertConfig | None = None) -> None:
+    def __init__(self, config: AlertConfig | None = None,
+                 rules: tuple[Rule, ...] = RULES) -> None:
         self.config = config if config is not None else AlertConfig()
+        self.rules = rules
+        self.rule_errors: dict[str, int] = {}  # rule → how often it raised (for /metrics)
         self._ranks: dict[tuple[str, int], _Rank] = {}
 
     def observe(self, step: Step, values: Mapping[str, float] | None = None
@@ -101,21 +103,9 @@ class AlertEngine:
                   ) -> dict[_Key, Finding]:
         memory, config = rank.memory, self.config
         memory.advance(step)
-        open_stalls = {series for rule, series in rank.alerts if rule == "stall"}
-        broken = nonfinite(step, values, memory.active_origin())
-        if not broken:
-            memory.origin_active = False  # a clean step ends the episode it explained
-        found = [
-            *broken,
-            *clip(step, memory.clipped, len(memory.clips)),
-            *stall(step, memory.loss_streak, memory.grad_streak, config.stall_steps, open_stalls),
-            *spike(step, memory.losses, config),
-            *threshold(step, values, config.thresholds),
-            *headroom(step, memory.maxima, config),
-            *no_learning(step, values, memory.learning_streak, config,
-                         ("no_learning", "update") in rank.alerts),
-            *normalisation(step, values),
-        ]
+        found = [finding for rule in self.rules
+                 for finding in self._judge(rule, RuleContext(step, values, memory, config,
+                                                              _open_series(rank, rule.name)))]
         memory.remember_loss(step)  # after spike judged this loss against the earlier ones
         merged: dict[_Key, Finding] = {}
         for finding in found:
@@ -124,6 +114,21 @@ class AlertEngine:
             if key not in merged or _outranks(finding, merged[key]):
                 merged[key] = finding
         return merged
+
+    def _judge(self, rule: Rule, ctx: RuleContext) -> list[Finding]:
+        """``rule``'s findings; a rule that raises on odd input (an empty tensor, a NaN
+        threshold, steps out of order) finds nothing this step, is logged once and counted,
+        and the other rules go on."""
+        try:
+            return rule.judge(ctx)
+        except Exception:
+            first = rule.name not in self.rule_errors
+            self.rule_errors[rule.name] = self.rule_errors.get(rule.name, 0) + 1
+            if first:
+                log.exception("alert rule %r failed at step %d of run %r (logged once; "
+                              "counted in trainvitals_rule_errors_total)", rule.name,
+                              ctx.step.step, ctx.step.run)
+            return []
 
     def _hold(self, rank: _Rank, step: Step, finding: Finding) -> AlertChange:
         key = (finding.rule, finding.series)
@@ -152,6 +157,10 @@ class AlertEngine:
         alert = replace(rank.alerts.pop(key), state="resolved", resolved_step=step)
         del rank.clean[key]
         return AlertChange("resolved", alert)
+
+
+def _open_series(rank: _Rank, rule: str) -> frozenset[str]:
+    return frozenset(series for name, series in rank.alerts if name == rule)
 
 
 def _outranks(new: Finding, old: Finding) -> bool:

@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import replace
 
 from trainvitals.protocol import NonFiniteOrigin, Step
+from trainvitals.protocol.series import BACKWARD_FACTOR
 from trainvitals.server.alerts.model import AlertConfig
 
 __all__ = ["MAX_WATCHED_TENSORS", "RankMemory", "Streak", "grad_stalled", "loss_stalled",
@@ -45,10 +46,14 @@ def merge_origin(old: NonFiniteOrigin | None, new: NonFiniteOrigin) -> NonFinite
 
 
 def loss_stalled(step: Step) -> bool:
-    """Nothing was backpropagated: ``loss_used`` is exactly 0 or the loss guard zeroed the loss."""
+    """Nothing was backpropagated: ``loss_used`` is exactly 0, the loss guard zeroed the loss,
+    or the gradient that reached the raw loss was exactly 0."""
     # None means "not reported", so a step without loss_used or a clip event proves nothing.
     zeroed = step.clip is not None and step.clip.action == "zeroed"
-    return zeroed or step.loss_used == 0
+    # attach() sees a `loss * 0.0` guard as the gradient that reaches the raw loss: exactly 0
+    nothing_back = step.scalars.get(BACKWARD_FACTOR) == 0 and step.loss is not None \
+        and step.loss > 0
+    return zeroed or step.loss_used == 0 or nothing_back
 
 
 def grad_stalled(step: Step) -> bool:
@@ -61,12 +66,12 @@ def grad_stalled(step: Step) -> bool:
 
 
 class RankMemory:
-    """Rolling state of one rank: stall streaks, recent clip events, recent finite raw losses,
-    the latest non-finite origin, recent maxima of tensors that feed ``exp``, and the streak of
-    steps without learning."""
+    """Rolling state of one rank: stall streaks, recent clip events, recent finite raw losses
+    and gradient norms, the latest non-finite origin, recent maxima of tensors that feed
+    ``exp``, and the streaks of steps without learning (whole model and per module)."""
 
-    __slots__ = ("_window", "clipped", "clips", "grad_streak", "learning_streak", "loss_streak",
-                 "losses", "maxima", "origin", "origin_active")
+    __slots__ = ("_window", "clipped", "clips", "grad_logs", "grad_streak", "learning_streak",
+                 "loss_streak", "losses", "maxima", "module_streaks", "origin", "origin_active")
 
     def __init__(self, config: AlertConfig) -> None:
         self.loss_streak = Streak()
@@ -79,6 +84,8 @@ class RankMemory:
         self.maxima: dict[str, deque[tuple[int, float]]] = {}
         self._window = config.headroom_window
         self.learning_streak = Streak()
+        self.grad_logs: deque[float] = deque(maxlen=config.spike_window)  # log10 grad norms
+        self.module_streaks: dict[str, Streak] = {}  # per module, for module_learning
 
     def advance(self, step: Step) -> None:
         """Count ``step`` into the streaks and the clip window (not the loss baseline)."""
@@ -111,6 +118,10 @@ class RankMemory:
             history.append((step.step, stats.max))
 
     def remember_loss(self, step: Step) -> None:
-        """Add the step's raw loss to the spike baseline, once the spike rule has judged it."""
+        """Add the step's raw loss (and its gradient norm) to the spike baselines, once the
+        rules have judged them."""
         if step.loss is not None and math.isfinite(step.loss):
             self.losses.append(step.loss)
+        g = step.grad_norm
+        if g is not None and math.isfinite(g) and g > 0:
+            self.grad_logs.append(math.log10(g))

@@ -151,13 +151,18 @@ class AlertConfig:
     spike_threshold: float = 10.0
     thresholds: tuple[Threshold, ...] = ()
     # headroom: fractions of the dtype's margin ln(max) that may be left before a warning /
-    # critical alert (float32: 0.25 → max above 66.5; float16: max above 8.3), and the trend
+    # critical alert, and the trend rule. 0.5 warns from the first step on which exp(max)²
+    # would overflow the dtype — a squared error of the exp output, or exp times a similar
+    # factor, overflows there (float32/bf16: max above 44.4; float16: above 5.5); 0.05 is
+    # critical (float32: above 84.3; float16: above 10.5). Then the trend
     # rule: the window of steps it fits and how many steps ahead it projects the overflow.
-    headroom_warning: float = 0.25
+    headroom_warning: float = 0.5
     headroom_critical: float = 0.05
     headroom_window: int = 10
     headroom_horizon: int = 1000
     no_learning_ratio: float = 1e-8  # ‖Δθ‖/‖θ‖ at or below this is "did not move"
+    explosion_factor: float = 100.0  # pre-clip grad norm this many × its median: an explosion
+    explosion_history: int = 10  # finite grad norms needed before the explosion rule judges
 
     def __post_init__(self) -> None:
         for name in ("stall_steps", "resolve_after", "clip_window", "spike_window",
@@ -177,6 +182,11 @@ class AlertConfig:
                 f"critical={self.headroom_critical}, warning={self.headroom_warning}")
         if self.headroom_window < 3:
             raise ValueError(f"headroom_window must be at least 3, got {self.headroom_window}")
+        if not self.explosion_factor > 1:
+            raise ValueError(f"explosion_factor must be > 1, got {self.explosion_factor}")
+        if self.explosion_history < 2:
+            raise ValueError(f"explosion_history must be at least 2, got "
+                             f"{self.explosion_history}")
         if not self.no_learning_ratio >= 0:
             raise ValueError(f"no_learning_ratio must be >= 0, got {self.no_learning_ratio}")
         # A list would make the frozen config unhashable and shareable-by-mutation.

@@ -78,6 +78,14 @@ class ServerMetrics(Collector):
                                 "Browsers following live updates on /ws/live.",
                                 value=len(self._hub))
         yield self._open_alerts()
+        yield self._open_incidents()
+        yield self._incident_changes()
+        errors = CounterMetricFamily(
+            "trainvitals_rule_errors", "Steps on which an alert rule raised (it found nothing "
+            "there; the first error of each rule is logged).", labels=["rule"])
+        for rule, n in sorted(self._writer.rule_errors.items()):
+            errors.add_metric([rule], n)
+        yield errors
         yield GaugeMetricFamily("trainvitals_store_bytes",
                                 "Bytes the store takes on disk: the SQLite file plus its "
                                 "write-ahead log, or the PostgreSQL tables with their indexes.",
@@ -96,6 +104,23 @@ class ServerMetrics(Collector):
             family.add_metric([event], n)
         return family
 
+    def _incident_changes(self) -> CounterMetricFamily:
+        family = _incident_counter()
+        for change in ("opened", "escalated", "resolved"):
+            for severity in ("warning", "critical"):
+                family.add_metric([change, severity],
+                                  self._writer.incident_changes[(change, severity)])
+        return family
+
+    def _open_incidents(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("trainvitals_open_incidents",
+                                   "Open (or escalated) incidents by run and severity.",
+                                   labels=["run", "severity"])
+        counts = Counter((i.run, i.severity) for i in self._store.incidents(state="open"))
+        for (run, severity), n in sorted(counts.items()):
+            family.add_metric([run, severity], n)
+        return family
+
     def _open_alerts(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily("trainvitals_open_alerts", "Open alerts by run and severity.",
                                    labels=["run", "severity"])
@@ -103,6 +128,13 @@ class ServerMetrics(Collector):
         for (run, severity), n in sorted(counts.items()):
             family.add_metric([run, severity], n)
         return family
+
+
+def _incident_counter() -> CounterMetricFamily:
+    return CounterMetricFamily(
+        "trainvitals_incidents", "Incident changes since the server started: opened, "
+        "escalated (severity rose) and resolved, by severity. Page on opened critical.",
+        labels=["change", "severity"])
 
 
 def build_router(metrics: ServerMetrics, view_token: str | None) -> APIRouter:

@@ -1,4 +1,4 @@
-"""Read-only REST API over the store: runs, series, clip events, alerts, health.
+"""Read-only REST API over the store: runs, series, clip events, incidents, alerts, health.
 
 Every response is JSON in which NaN and ±Inf are the strings "NaN", "Infinity", "-Infinity".
 """
@@ -16,6 +16,7 @@ from trainvitals.server.http.run_views import run_json
 from trainvitals.server.security import presented_token, token_ok
 from trainvitals.server.store import Store
 from trainvitals.server.store.downsample import MAX_BUCKETS, for_width
+from trainvitals.server.views.incidents import incident_json
 from trainvitals.server.views.ranks import bad_ranks
 
 __all__ = ["MAX_POINTS", "build_router"]
@@ -97,6 +98,22 @@ def build_router() -> APIRouter:
         """Alerts, newest first; filter by run name and state (open / resolved)."""
         return WireJSONResponse({"alerts": store.alerts(run=run, state=state)})
 
+    @router.get("/incidents")
+    def get_incidents(store: StoreDep, run: str | None = None,
+                      state: Literal["open", "escalated", "resolved"] | None = None) -> Any:
+        """Incidents (one per root cause, with their evidence), newest run first, then by
+        number; ``state=open`` includes escalated ones."""
+        return WireJSONResponse({"incidents": _incidents(store, run, state)})
+
+    @router.get("/runs/{run_id}/incidents")
+    def get_run_incidents(run_id: RunId, store: StoreDep) -> Any:
+        """The run's incidents with their evidence, by onset."""
+        run = store.run(run_id)
+        if run is None:
+            raise HTTPException(404, f"no run with id {run_id}")
+        found = sorted(store.incidents(run=run.name), key=lambda i: (i.onset_step, i.number))
+        return WireJSONResponse({"incidents": [incident_json(i, run.id) for i in found]})
+
     @router.get("/runs/{run_id}/origins")
     def get_origins(run_id: RunId, store: StoreDep) -> Any:
         """Where non-finite values started (per rank, by the step they started at)."""
@@ -111,3 +128,13 @@ def build_router() -> APIRouter:
 def _require_run(store: Store, run_id: int) -> None:
     if store.run(run_id) is None:
         raise HTTPException(404, f"no run with id {run_id}")
+
+
+def _incidents(store: Store, run: str | None, state: str | None) -> list[dict[str, Any]]:
+    ids: dict[str, int | None] = {}
+    out = []
+    for incident in store.incidents(run=run, state=state):
+        if incident.run not in ids:
+            ids[incident.run] = store.run_id(incident.run)
+        out.append(incident_json(incident, ids[incident.run]))
+    return out

@@ -5,14 +5,16 @@ Ingest connections ``submit()`` decoded records and get acknowledgements back th
 could not be: code ``limit_exceeded`` (fatal: a server limit refuses them) or ``unavailable``
 (the commit failed, e.g. disk full; the sender should send them again later). Either way
 nothing of that frame is stored. Between the commit and the acks, the alert engine judges the
-new steps (in the same worker thread, so it needs no locks), alert changes are saved, and live
-updates go to the hub and the sinks.
+new steps and the incident engine groups the alert changes into incidents (in the same worker
+thread, so neither needs locks); both are saved, and live updates go to the hub and the sinks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from trainvitals.protocol.errors import UNAVAILABLE
 from trainvitals.protocol.series import StepValues
 from trainvitals.protocol.wire_json import to_wire
 from trainvitals.server.alerts import AlertChange, AlertEngine
+from trainvitals.server.alerts.incidents import IncidentChange, IncidentEngine
 from trainvitals.server.live.hub import Hub
 from trainvitals.server.live.progress import ProgressFeed
 from trainvitals.server.notify.sinks import AlertSink
@@ -47,8 +50,10 @@ class Writer:
     """Owns the store's write side; see the module docstring."""
 
     def __init__(self, store: Store, engine: AlertEngine, hub: Hub, sinks: Sequence[AlertSink],
-                 *, batch_records: int = 512, queue_jobs: int = 1024) -> None:
+                 *, incidents: IncidentEngine | None = None, batch_records: int = 512,
+                 queue_jobs: int = 1024) -> None:
         self._store, self._engine, self._hub, self._sinks = store, engine, hub, sinks
+        self.incidents = incidents if incidents is not None else IncidentEngine()
         self._progress = ProgressFeed(hub)  # throttled last step/speed of every run, for all
         self._batch_records = batch_records
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_jobs)
@@ -57,13 +62,17 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
         self.committed_values = 0  # series values in committed steps (for /metrics)
+        # incident changes by (change, severity): opened, escalated, resolved (for /metrics)
+        self.incident_changes: Counter[tuple[str, str]] = Counter()
         self._adopted: set[str] = set()  # runs whose stored open alerts the engine holds
 
     async def start(self) -> None:
-        """Open the store, restore open alerts, start the writer task."""
+        """Open the store, restore open alerts and incidents, start the writer task."""
         await self._call(self._store.open)
         open_alerts = await self._call(lambda: self._store.alerts(state="open"))
         self._engine.load_open(open_alerts)
+        for run in {alert.run for alert in open_alerts}:
+            await self._call(functools.partial(self._adopt_incidents, run))
         self._adopted.update(alert.run for alert in open_alerts)
         self._task = asyncio.create_task(self._run(), name="trainvitals-writer")
 
@@ -142,25 +151,35 @@ class Writer:
     async def _commit(self, jobs: list[_Job]) -> None:
         records = [r for job in jobs for r in job.records]
         values_of = StepValues()  # derived once; the store, the rules and the hub share them
-        result, changes = await self._call(lambda: self._write(records, values_of))
+        result, changes, incidents = await self._call(lambda: self._write(records, values_of))
         self.committed += len(result.accepted)
         self.committed_values += sum(len(values_of(r)) for r in result.accepted
                                      if isinstance(r, Step))
         self._publish(result, values_of)
+        self.incident_changes.update((c.kind, c.incident.severity) for c in incidents
+                                     if c.kind != "updated")
         for sink in self._sinks:
-            sink.deliver(changes)
+            sink.deliver(changes, incidents)
         for job in jobs:
             job.reply(_acks(job.records, result))
 
     def _write(self, records: list[Record], values_of: StepValues
-               ) -> tuple[WriteResult, list[AlertChange]]:
+               ) -> tuple[WriteResult, list[AlertChange], list[IncidentChange]]:
         result = self._store.write(records, values_of)
         self._adopt({r.run for r in result.accepted if isinstance(r, Step)})
-        changes = [c for r in result.accepted if isinstance(r, Step)
-                   for c in self._engine.observe(r, values_of(r))]
+        changes: list[AlertChange] = []
+        incidents: list[IncidentChange] = []
+        for r in result.accepted:
+            if isinstance(r, Step):
+                found = self._engine.observe(r, values_of(r))
+                changes += found
+                incidents += self.incidents.observe(r, found)
         if changes:
             self._store.save_alerts(c.alert for c in changes)
-        return result, changes
+        if incidents:  # the latest snapshot of each changed incident
+            latest = {c.incident.key: c.incident for c in incidents}
+            self._store.save_incidents(latest.values())
+        return result, changes, incidents
 
     def _adopt(self, runs: set[str]) -> None:
         """Load the open alerts of runs new to this writer before judging their steps.
@@ -171,12 +190,25 @@ class Writer:
         """
         for run in runs - self._adopted:
             self._engine.load_open(self._store.alerts(run=run, state="open"))
+            self._adopt_incidents(run)
             self._adopted.add(run)
+
+    def _adopt_incidents(self, run: str) -> None:
+        """Continue ``run``'s open incidents and number new ones after the stored."""
+        stored = self._store.incidents(run=run)
+        self.incidents.note_numbered(run, max((i.number for i in stored), default=0))
+        self.incidents.load_open(i for i in stored if i.state != "resolved")
+
+    @property
+    def rule_errors(self) -> dict[str, int]:
+        """How often each alert rule raised (it found nothing those steps; see the log)."""
+        return dict(self._engine.rule_errors)
 
     def forget(self, run: str) -> None:
         """Drop the engine's state of a deleted run, which starts afresh if it comes back
         (on the writer's thread: ``run_exclusive``)."""
         self._engine.forget(run)
+        self.incidents.forget(run)
         self._adopted.discard(run)
 
     def _publish(self, result: WriteResult, values_of: StepValues) -> None:

@@ -1,4 +1,5 @@
-"""Where alert changes go once committed: the terminal, and the browsers (through the hub).
+"""Where incident and alert changes go once committed: the terminal, and the browsers (through
+the hub).
 
 Sinks are called on the event loop and must not block; each one is a thin adapter over
 ``AlertChange`` (the rules that produce them live in ``alerts``).
@@ -12,50 +13,61 @@ from typing import Protocol
 
 from trainvitals.protocol.wire_json import to_wire
 from trainvitals.server.alerts import AlertChange
+from trainvitals.server.alerts.incidents import IncidentChange
 from trainvitals.server.live.hub import Hub
+from trainvitals.server.views.incidents import incident_json
 
 __all__ = ["AlertSink", "BrowserSink", "LogSink"]
 
 
 class AlertSink(Protocol):
-    """Receives every committed alert change, in order."""
+    """Receives every committed alert and incident change, in order."""
 
-    def deliver(self, changes: Sequence[AlertChange]) -> None:
+    def deliver(self, changes: Sequence[AlertChange],
+                incidents: Sequence[IncidentChange] = ()) -> None:
         """Hand the changes on without blocking."""
 
 
 class LogSink:
-    """Writes openings and resolutions (not repeats) to the ``trainvitals.alerts`` logger."""
+    """One terminal line per incident opened, escalated or resolved — never per finding (the
+    alerts behind an incident are its evidence, on the page and in the API)."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger("trainvitals.alerts")
 
-    def deliver(self, changes: Sequence[AlertChange]) -> None:
-        for change in changes:
-            a = change.alert
-            where = f"{a.run}" + (f" rank {a.rank}" if a.rank else "")
-            if change.kind == "opened":
-                level = logging.ERROR if a.severity == "critical" else logging.WARNING
-                self._log.log(level, "ALERT %s [%s] %s @ step %d: %s",
-                              a.severity.upper(), a.rule, where, a.opened_step, a.message)
+    def deliver(self, changes: Sequence[AlertChange],
+                incidents: Sequence[IncidentChange] = ()) -> None:
+        for change in incidents:
+            i = change.incident
+            if change.kind in ("opened", "escalated"):
+                level = logging.ERROR if i.severity == "critical" else logging.WARNING
+                tried = f" — try: {i.remedy}" if i.remedy else ""
+                self._log.log(level, "INCIDENT %s%s %s #%d @ step %d: %s%s",
+                              i.severity.upper(), " (escalated)" if change.kind == "escalated"
+                              else "", i.run, i.number, i.onset_step, i.headline, tried)
             elif change.kind == "resolved":
-                self._log.info("resolved [%s] %s @ step %s after %d step(s): %s",
-                               a.rule, where, a.resolved_step, a.count, a.series)
+                self._log.info("resolved incident %s #%d @ step %s (%d finding(s)): %s",
+                               i.run, i.number, i.resolved_step, i.evidence_count, i.kind)
 
 
 class BrowserSink:
-    """Pushes alert changes to browsers.
+    """Pushes incident and alert changes to browsers.
 
-    Openings and resolutions go to every viewer (the runs list counts open alerts); the
-    per-step "updated" repeats of an open alert go only to viewers of that run, so a long
-    stall does not flood every page.
+    Incident openings, escalations and resolutions go to every viewer (the runs list counts
+    incidents, every page toasts them); an incident's other changes, and every alert change
+    (alerts are evidence), go only to viewers of that run, so a long stall does not flood
+    every page.
     """
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def deliver(self, changes: Sequence[AlertChange]) -> None:
+    def deliver(self, changes: Sequence[AlertChange],
+                incidents: Sequence[IncidentChange] = ()) -> None:
         for change in changes:
-            audience = change.alert.run if change.kind == "updated" else None
-            self._hub.publish(audience, {"type": "alert", "change": change.kind,
-                                         "alert": to_wire(change.alert)})
+            self._hub.publish(change.alert.run, {"type": "alert", "change": change.kind,
+                                                 "alert": to_wire(change.alert)})
+        for update in incidents:
+            audience = update.incident.run if update.kind == "updated" else None
+            self._hub.publish(audience, {"type": "incident", "change": update.kind,
+                                         "incident": incident_json(update.incident)})

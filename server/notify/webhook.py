@@ -1,7 +1,9 @@
-"""Webhook sinks: alert openings and resolutions POSTed as JSON or as Slack messages.
+"""Webhook sinks: incidents opened, escalated and resolved, POSTed as JSON or Slack messages.
 
-``deliver`` runs on the writer's path, so it never waits: it filters the changes (openings
-and resolutions at or above a severity; per-step "updated" changes are left out) and appends
+One post per incident change, never per finding: the alerts behind an incident travel inside
+it as its evidence. ``deliver`` runs on the writer's path, so it never waits: it filters the
+incident changes (opened, escalated, resolved, at or above a severity; other updates are left
+out) and appends
 them to a bounded queue per URL. One asyncio task per URL posts them with ``httpx``:
 
 * rate limit: a token bucket of ``per_minute`` posts per URL; changes that arrive while the
@@ -26,8 +28,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from trainvitals.protocol.wire_json import to_wire
-from trainvitals.server.alerts import Alert, AlertChange
+from trainvitals.server.alerts import AlertChange
+from trainvitals.server.alerts.incidents import IncidentChange
+from trainvitals.server.views.incidents import incident_json
 
 __all__ = ["RateLimiter", "WebhookSink", "json_payload", "slack_payload"]
 
@@ -38,13 +41,14 @@ _RETRY_STATUS = {408, 429}
 SLACK_MAX_BLOCKS = 40  # Slack allows 50 blocks per message; leave room for the overflow note
 
 
-def json_payload(changes: Sequence[AlertChange]) -> dict[str, Any]:
-    """The generic body: every change with the full alert (non-finite floats as strings)."""
+def json_payload(changes: Sequence[IncidentChange]) -> dict[str, Any]:
+    """The generic body: every change with the full incident — headline, remedy, evidence
+    (non-finite floats as strings)."""
     return {"source": "trainvitals",
-            "alerts": [{"change": c.kind, **to_wire(c.alert)} for c in changes]}
+            "incidents": [{"change": c.kind, **incident_json(c.incident)} for c in changes]}
 
 
-def slack_payload(changes: Sequence[AlertChange]) -> dict[str, Any]:
+def slack_payload(changes: Sequence[IncidentChange]) -> dict[str, Any]:
     """A Slack incoming-webhook body: ``text`` (also the notification) plus one block each."""
     lines = [_line(c) for c in changes]
     blocks: list[dict[str, Any]] = [
@@ -56,13 +60,15 @@ def slack_payload(changes: Sequence[AlertChange]) -> dict[str, Any]:
     return {"text": "\n".join(lines), "blocks": blocks}
 
 
-def _line(change: AlertChange) -> str:
-    a: Alert = change.alert
-    where = f"`{a.run}`" + (f" rank {a.rank}" if a.rank else "")
+def _line(change: IncidentChange) -> str:
+    i = change.incident
+    where = f"`{i.run}` #{i.number}"
     if change.kind == "resolved":
-        return (f"RESOLVED [{a.rule}] {where} @ step {a.resolved_step} after "
-                f"{a.count} step(s): {a.series}")
-    return f"{a.severity.upper()} [{a.rule}] {where} @ step {a.opened_step}: {a.message}"
+        return (f"RESOLVED {where} @ step {i.resolved_step} ({i.evidence_count} finding(s)): "
+                f"{i.headline}")
+    escalated = " (escalated)" if change.kind == "escalated" else ""
+    tried = f" — try: {i.remedy}" if i.remedy else ""
+    return f"{i.severity.upper()}{escalated} {where} @ step {i.onset_step}: {i.headline}{tried}"
 
 
 class RateLimiter:
@@ -94,7 +100,7 @@ class _Target:
     url: str
     format: Format
     limiter: RateLimiter
-    pending: deque[AlertChange]
+    pending: deque[IncidentChange]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     posted: int = 0  # accepted posts
     failed: int = 0  # posts given up on
@@ -118,9 +124,10 @@ class WebhookSink:
         self._client: httpx.AsyncClient | None = None
         self._closing = False
 
-    def deliver(self, changes: Sequence[AlertChange]) -> None:
-        wanted = [c for c in changes if c.kind != "updated"
-                  and _RANK[c.alert.severity] >= self._min]
+    def deliver(self, changes: Sequence[AlertChange],
+                incidents: Sequence[IncidentChange] = ()) -> None:
+        wanted = [c for c in incidents if c.kind != "updated"
+                  and _RANK[c.incident.severity] >= self._min]
         for target in self._targets if wanted else ():
             room = (target.pending.maxlen or 0) - len(target.pending)
             target.dropped += max(0, len(wanted) - room)  # the deque drops the oldest
@@ -150,7 +157,7 @@ class WebhookSink:
             await asyncio.gather(*late, return_exceptions=True)
         lost = sum(len(t.pending) for t in self._targets)
         if lost:
-            log.warning("webhooks: %d alert change(s) not delivered before shutdown", lost)
+            log.warning("webhooks: %d incident change(s) not delivered before shutdown", lost)
         if self._client is not None:
             await self._client.aclose()
 
@@ -168,7 +175,7 @@ class WebhookSink:
                      for _ in range(min(self._batch, len(target.pending)))]
             await self._post(target, batch)
 
-    async def _post(self, target: _Target, batch: list[AlertChange]) -> None:
+    async def _post(self, target: _Target, batch: list[IncidentChange]) -> None:
         assert self._client is not None, "start() first"
         body = slack_payload(batch) if target.format == "slack" else json_payload(batch)
         for attempt in range(self._retries + 1):
@@ -189,8 +196,8 @@ class WebhookSink:
                 log.info("webhook %s: %s; retry in %.1f s", _shown(target.url), problem, wait)
                 await asyncio.sleep(wait)
         target.failed += 1
-        log.warning("webhook %s: gave up on %d alert change(s): %s", _shown(target.url), len(batch),
-                    problem)
+        log.warning("webhook %s: gave up on %d incident change(s): %s", _shown(target.url),
+                    len(batch), problem)
 
 
 def _shown(url: str) -> str:

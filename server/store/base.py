@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from trainvitals.protocol import Record
 from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Incident
 
 __all__ = ["ClipRow", "OriginRow", "RunRow", "SeriesData", "SeriesInfo", "Store", "WriteResult"]
 
@@ -38,6 +39,8 @@ class RunRow:
     last_time: float | None = None
     open_alerts: dict[str, int] = field(default_factory=dict)
     steps_per_second: float | None = None  # recent rate, from the lowest rank's step times
+    open_incidents: dict[str, int] = field(default_factory=dict)  # open/escalated by severity
+    incidents: int = 0  # every incident of the run, resolved ones too
 
 
 @dataclass
@@ -151,6 +154,19 @@ class Store(Protocol):
     def clips(self, run_id: int, *, start: int | None = None, end: int | None = None,
               limit: int | None = None) -> list[ClipRow]:
         """Clip events of a run in step order."""
+
+    def run_id(self, name: str) -> int | None:
+        """The id of the run called ``name``, if it exists."""
+        ...
+
+    def save_incidents(self, incidents: Iterable[Incident]) -> None:
+        """Insert or replace incidents, keyed by (run, number)."""
+
+    def incidents(self, *, run: str | None = None, state: str | None = None
+                  ) -> list[Incident]:
+        """Incidents of one run (by name) or of all, in one state (``open`` means open or
+        escalated) or all; newest run first, then by number."""
+        ...
 
     def alerts(self, *, run: str | None = None, state: str | None = None) -> list[Alert]:
         """Alerts, newest first, optionally of one run and state ("open" / "resolved")."""

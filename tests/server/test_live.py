@@ -73,7 +73,7 @@ def test_foreign_or_missing_origin_is_refused(srv: ServerThread, origin: str | N
     assert refused.value.response.status_code == 403
 
 
-def test_same_origin_viewer_gets_steps_of_its_runs_and_every_alert(
+def test_same_origin_viewer_gets_steps_and_alerts_of_its_runs_and_every_incident(
         srv: ServerThread, ingest_token: str) -> None:
     records: list[Record] = [
         RunStart(run="watched", session="s", time=1.0),
@@ -109,16 +109,23 @@ def test_same_origin_viewer_gets_steps_of_its_runs_and_every_alert(
     assert points[1]["values"]["tensor/z/nan"] == 2.0
     assert next(m for m in got if m["type"] == "run")["status"] == "running"
 
-    # Alerts go to every viewer, whatever it follows.
+    # The follower gets the alerts (evidence, NaN kept) and the incident they make.
+    alerts = [m for m in got if m["type"] == "alert"]
+    assert {(a["change"], a["alert"]["rule"], a["alert"]["series"]) for a in alerts} >= {
+        ("opened", "nonfinite", "loss"), ("opened", "nonfinite", "loss_used"),
+        ("opened", "nonfinite", "tensor/z")}
+    by_series = {a["alert"]["series"]: a["alert"] for a in alerts}
+    assert by_series["loss"]["details"]["value"] == "NaN"
+    assert by_series["loss_used"]["details"]["value"] == "Infinity"
+    assert (by_series["loss"]["run"], by_series["loss"]["severity"]) == ("watched", "critical")
+    # Incidents go to every viewer, whatever it follows; alerts only to the run's followers.
     for messages in (got, seen_by_bystander):
-        alerts = [m for m in messages if m["type"] == "alert"]
-        assert {(a["change"], a["alert"]["rule"], a["alert"]["series"]) for a in alerts} >= {
-            ("opened", "nonfinite", "loss"), ("opened", "nonfinite", "loss_used"),
-            ("opened", "nonfinite", "tensor/z")}
-        by_series = {a["alert"]["series"]: a["alert"] for a in alerts}
-        assert by_series["loss"]["details"]["value"] == "NaN"
-        assert by_series["loss_used"]["details"]["value"] == "Infinity"
-        assert (by_series["loss"]["run"], by_series["loss"]["severity"]) == ("watched", "critical")
+        (opened,) = [m for m in messages if m["type"] == "incident" and m["change"] == "opened"]
+        incident = opened["incident"]
+        assert (incident["run"], incident["number"], incident["severity"], incident["onset_step"]
+                ) == ("watched", 1, "critical", 1)
+        assert incident["evidence_count"] >= 3 and "step 1" in incident["headline"]
+    assert [m for m in seen_by_bystander if m["type"] == "alert"] == []
     assert [m["run"] for m in seen_by_bystander if m["type"] == "steps"] == ["other"]
 
 

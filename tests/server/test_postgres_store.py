@@ -396,3 +396,18 @@ def test_export_refuses_a_postgres_server_instead_of_exporting_nothing(
         main(["export", "-o", str(tmp_path / "out.jsonl")])
     with pytest.raises(SystemExit, match="works on a SQLite data directory only"):
         main(["import", str(tmp_path / "in.jsonl")])
+
+
+def test_a_version_1_database_gains_the_incidents_table_in_place(postgres_url: str) -> None:
+    first = PostgresStore(postgres_url)
+    first.open()
+    first.close()
+    with psycopg.connect(postgres_url) as conn:  # what a version-1 server left
+        conn.execute("DROP TABLE incidents")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    later = PostgresStore(postgres_url)
+    later.open()
+    assert later.incidents() == []
+    later.close()
+    assert count(postgres_url, "SELECT count(*) FROM meta WHERE key = 'schema_version' "
+                               f"AND value = '{SCHEMA_VERSION}'") == 1

@@ -100,6 +100,11 @@ def points(messages: list[Message], run: str) -> list[tuple[int, Any]]:
             if m["type"] == "steps" and m["run"] == run for r in m["records"]]
 
 
+def incident_changes(messages: list[Message]) -> list[tuple[str, str, int]]:
+    return [(m["change"], m["incident"]["run"], m["incident"]["number"])
+            for m in messages if m["type"] == "incident"]
+
+
 def alert_changes(messages: list[Message]) -> list[tuple[str, str, str, str]]:
     return [(m["change"], m["alert"]["run"], m["alert"]["rule"], m["alert"]["series"])
             for m in messages if m["type"] == "alert"]
@@ -128,6 +133,7 @@ def test_a_point_and_an_alert_ingested_on_a_reach_b_once(
     for seen in (seen_on_a, seen_on_b):
         assert points(seen, "on-a") == [(0, 1.5), (1, "NaN")]  # once each, NaN as itself
         assert alert_changes(seen) == expected
+        assert incident_changes(seen) == [("opened", "on-a", 1)]
         assert [m["run"] for m in seen if m["type"] == "run"].count("on-a") == 1
 
     response = httpx.get(f"{b.http_url}/api/alerts", params={"run": "on-a"}, timeout=10)
@@ -137,9 +143,9 @@ def test_a_point_and_an_alert_ingested_on_a_reach_b_once(
 
     a.stop()  # each posts what its webhook sink holds before it returns
     b.stop()
-    assert [(c["change"], c["rule"]) for body in hooks[0].bodies for c in body["alerts"]] == [
-        ("opened", "nonfinite")]
-    assert hooks[1].bodies == []  # relayed alerts reach B's browsers, not B's sinks
+    assert [(c["change"], c["number"]) for body in hooks[0].bodies
+            for c in body["incidents"]] == [("opened", 1)]
+    assert hooks[1].bodies == []  # relayed incidents reach B's browsers, not B's sinks
 
 
 def test_a_stream_that_fails_over_keeps_its_open_alert_without_opening_it_again(
@@ -161,6 +167,10 @@ def test_a_stream_that_fails_over_keeps_its_open_alert_without_opening_it_again(
 
     assert points(seen, "moves") == [(1, "NaN")]
     assert [c for c in alert_changes(seen) if c[0] == "opened"] == []
+    assert [c for c in incident_changes(seen) if c[0] == "opened"] == []  # continued, too
+    (incident,) = httpx.get(f"{b.http_url}/api/incidents", params={"run": "moves"},
+                            timeout=10).json()["incidents"]
+    assert (incident["number"], incident["state"], incident["onset_step"]) == (1, "open", 0)
     response = httpx.get(f"{b.http_url}/api/alerts", params={"run": "moves"}, timeout=10)
     (alert,) = response.json()["alerts"]
     assert (alert["state"], alert["first_step"], alert["last_step"]) == ("open", 0, 1)

@@ -396,3 +396,47 @@ def test_sqlite_store_recovers_after_a_failed_write(tmp_path: Path) -> None:
         assert (data.steps, data.values) == ([0], [1.0])
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+def _incident(number: int, *, run: str = "alpha", state: str = "open",
+              severity: str = "critical") -> Any:
+    from trainvitals.server.alerts.incidents import Evidence, Incident
+
+    evidence = Evidence(rank=1, rule="nonfinite", series="loss", severity="critical",
+                        first_step=7, last_step=9, count=3, state="open",
+                        message="loss is NaN", details={"value": NAN, "limit": -INF, "n": 3})
+    return Incident(run=run, number=number, kind="nonfinite_loss", severity=severity,  # type: ignore[arg-type]
+                    state=state, onset_step=7, rank=1, opened_step=7, last_step=9,  # type: ignore[arg-type]
+                    resolved_step=None if state != "resolved" else 12,
+                    headline="the loss went NaN at step 7", remedy="look at the loss",
+                    evidence=(evidence,), facts={"why": "", "onset": 7})
+
+
+def test_incidents_round_trip_with_their_evidence_and_nonfinite_details(store: Store) -> None:
+    store.write([run_start(), run_start("beta", "s2")])
+    first = _incident(1)
+    store.save_incidents([first, _incident(2, state="resolved", severity="warning"),
+                          _incident(1, run="beta", state="escalated")])
+    (back,) = [i for i in store.incidents(run="alpha") if i.number == 1]
+    assert back.evidence[0].details["n"] == 3
+    assert math.isnan(float(back.evidence[0].details["value"]))
+    assert back.evidence[0].details["limit"] == -INF
+    assert replace(back, evidence=()) == replace(first, evidence=())
+    assert [(i.run, i.number) for i in store.incidents(state="open")] == [("beta", 1),
+                                                                         ("alpha", 1)]
+    store.save_incidents([replace(first, state="resolved", resolved_step=20)])
+    assert [i.number for i in store.incidents(run="alpha", state="resolved")] == [1, 2]
+    rows = {r.name: r for r in store.runs()}
+    assert (rows["alpha"].incidents, rows["alpha"].open_incidents) == (2, {})
+    assert (rows["beta"].incidents, rows["beta"].open_incidents) == (1, {"critical": 1})
+
+
+def test_deleting_a_run_deletes_its_incidents(store: Store) -> None:
+    store.write([run_start(), run_start("beta", "s2")])
+    store.save_incidents([_incident(1), _incident(1, run="beta")])
+    alpha = next(r.id for r in store.runs() if r.name == "alpha")
+    store.delete_run(alpha)
+    assert [i.run for i in store.incidents()] == ["beta"]

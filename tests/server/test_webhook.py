@@ -17,7 +17,8 @@ from websockets.sync.client import connect
 
 from trainvitals.protocol import Batch, RunStart, Step, encode
 from trainvitals.server import ServerThread, Settings
-from trainvitals.server.alerts import Alert, AlertChange
+from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Evidence, Incident, IncidentChange
 from trainvitals.server.notify.webhook import RateLimiter, WebhookSink, json_payload, slack_payload
 
 TOKEN = "ingest-token-for-webhook-tests"
@@ -93,8 +94,21 @@ def alert(run: str = "r1", *, rule: str = "nonfinite", severity: str = "critical
                  message=kw.get("message", "loss is NaN"), details=kw.get("details", {}))
 
 
-def opened(**kw: Any) -> AlertChange:
-    return AlertChange("opened", alert(**kw))
+def incident(run: str = "r1", *, severity: str = "critical", state: str = "open",
+             number: int = 1, **kw: Any) -> Incident:
+    """One incident holding one alert as its evidence."""
+    evidence = Evidence.of(alert(run, severity=severity, **{k: v for k, v in kw.items()
+                                                            if k in ("details", "rule")}))
+    return Incident(run=run, number=number, kind=kw.get("kind", "nonfinite_loss"),
+                    severity=severity, state=state, onset_step=3, rank=0,  # type: ignore[arg-type]
+                    opened_step=3, last_step=kw.get("last_step", 3),
+                    resolved_step=kw.get("resolved_step"),
+                    headline=kw.get("headline", "the loss went NaN at step 3"),
+                    remedy=kw.get("remedy", "look at the loss"), evidence=(evidence,))
+
+
+def opened(**kw: Any) -> IncidentChange:
+    return IncidentChange("opened", incident(**kw))
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -107,22 +121,32 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_slack_payload_has_text_and_one_block_per_change() -> None:
-    resolved = AlertChange("resolved", alert(state="resolved", resolved_step=9, count=4))
-    body = slack_payload([opened(run="pi3"), resolved])
-    assert body["text"] == ("CRITICAL [nonfinite] `pi3` @ step 3: loss is NaN\n"
-                            "RESOLVED [nonfinite] `r1` @ step 9 after 4 step(s): loss")
+    resolved = IncidentChange("resolved", incident(state="resolved", resolved_step=9))
+    escalated = IncidentChange("escalated", incident(run="x", number=2))
+    body = slack_payload([opened(run="pi3"), resolved, escalated])
+    assert body["text"] == (
+        "CRITICAL `pi3` #1 @ step 3: the loss went NaN at step 3 — try: look at the loss\n"
+        "RESOLVED `r1` #1 @ step 9 (1 finding(s)): the loss went NaN at step 3\n"
+        "CRITICAL (escalated) `x` #2 @ step 3: the loss went NaN at step 3 — try: look at the "
+        "loss")
     assert body["blocks"] == [
         {"type": "section", "text": {"type": "mrkdwn", "text": body["text"].split("\n")[0]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": body["text"].split("\n")[1]}}]
+        {"type": "section", "text": {"type": "mrkdwn", "text": body["text"].split("\n")[1]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": body["text"].split("\n")[2]}}]
 
 
-def test_json_payload_carries_the_alert_and_nonfinite_details() -> None:
+def test_json_payload_carries_the_incident_its_evidence_and_nonfinite_details() -> None:
     body = json_payload([opened(details={"value": math.nan, "limit": math.inf})])
     assert body["source"] == "trainvitals"
-    (entry,) = body["alerts"]
+    (entry,) = body["incidents"]
     assert entry["change"] == "opened"
-    assert (entry["run"], entry["rule"], entry["severity"]) == ("r1", "nonfinite", "critical")
-    assert entry["details"] == {"value": "NaN", "limit": "Infinity"}
+    assert (entry["run"], entry["number"], entry["severity"]) == ("r1", 1, "critical")
+    assert (entry["headline"], entry["remedy"]) == ("the loss went NaN at step 3",
+                                                    "look at the loss")
+    assert (entry["id"], entry["evidence_count"], entry["ranks"]) == ("r1#1", 1, [0])
+    (evidence,) = entry["evidence"]
+    assert evidence["rule"] == "nonfinite"
+    assert evidence["details"] == {"value": "NaN", "limit": "Infinity"}
     json.dumps(body, allow_nan=False)  # strict JSON
 
 
@@ -147,11 +171,12 @@ async def test_failed_post_is_retried_and_accepted_once(receiver: Callable[..., 
     r = receiver([503])
     sink = WebhookSink(slack_urls=[r.url], backoff=0.05)
     await sink.start()
-    sink.deliver([opened(run="retry-run")])
+    sink.deliver([], [opened(run="retry-run")])
     await sink.stop()
     assert [status for status, _ in r.requests] == [503, 200]
     (body,) = r.accepted()
-    assert body["text"] == "CRITICAL [nonfinite] `retry-run` @ step 3: loss is NaN"
+    assert body["text"] == ("CRITICAL `retry-run` #1 @ step 3: the loss went NaN at step 3 — "
+                            "try: look at the loss")
     assert sink.stats()[r.url] == {"posted": 1, "failed": 0, "dropped": 0, "pending": 0}
 
 
@@ -163,14 +188,14 @@ async def test_client_errors_are_not_retried_and_logs_keep_the_url_secret(
     logger.addHandler(seen)  # our own handler: the CLI may have stopped propagation to root
     try:
         await sink.start()
-        sink.deliver([opened()])
+        sink.deliver([], [opened()])
         await sink.stop()
     finally:
         logger.removeHandler(seen)
     assert [status for status, _ in r.requests] == [400]
     assert sink.stats()[r.url + "/T000/B000/secret"]["failed"] == 1
     (record,) = [rec for rec in seen.records if "gave up" in rec.getMessage()]
-    assert record.getMessage() == ("webhook http://127.0.0.1/…: gave up on 1 alert change(s): "
+    assert record.getMessage() == ("webhook http://127.0.0.1/…: gave up on 1 incident change(s): "
                                    "HTTP 400")
 
 
@@ -178,7 +203,7 @@ async def test_retries_end_after_the_limit(receiver: Callable[..., Receiver]) ->
     r = receiver([500, 502, 503])
     sink = WebhookSink(json_urls=[r.url], retries=2, backoff=0.01)
     await sink.start()
-    sink.deliver([opened()])
+    sink.deliver([], [opened()])
     await sink.stop()
     assert [status for status, _ in r.requests] == [500, 502, 503]
     assert sink.stats()[r.url]["failed"] == 1
@@ -189,13 +214,15 @@ async def test_only_openings_and_resolutions_at_the_minimum_severity_are_sent(
     r = receiver()
     sink = WebhookSink(json_urls=[r.url], min_severity="critical")
     await sink.start()
-    sink.deliver([AlertChange("updated", alert(count=2)),
-                  opened(rule="clip", severity="warning")])
-    sink.deliver([opened(rule="stall"),
-                  AlertChange("resolved", alert(rule="stall", state="resolved", resolved_step=8))])
+    sink.deliver([], [IncidentChange("updated", incident(last_step=4)),
+                      opened(number=2, severity="warning")])
+    sink.deliver([], [opened(number=3),
+                      IncidentChange("escalated", incident(number=2)),
+                      IncidentChange("resolved", incident(number=3, state="resolved",
+                                                          resolved_step=8))])
     await sink.stop()
-    sent = [(a["change"], a["rule"]) for body in r.accepted() for a in body["alerts"]]
-    assert sent == [("opened", "stall"), ("resolved", "stall")]
+    sent = [(i["change"], i["number"]) for body in r.accepted() for i in body["incidents"]]
+    assert sent == [("opened", 3), ("escalated", 2), ("resolved", 3)]
 
 
 async def test_rate_limited_changes_are_coalesced_into_one_post(
@@ -204,12 +231,12 @@ async def test_rate_limited_changes_are_coalesced_into_one_post(
     # one post per 0.3 s: the first goes at once, the next three wait and travel together
     sink = WebhookSink(json_urls=[r.url], per_minute=1, period=0.3)
     await sink.start()
-    sink.deliver([opened(run="a")])
+    sink.deliver([], [opened(run="a")])
     await wait_for(lambda: len(r.accepted()) == 1)
     for run in ("b", "c", "d"):
-        sink.deliver([opened(run=run)])
+        sink.deliver([], [opened(run=run)])
     await sink.stop()
-    posts = [[a["run"] for a in body["alerts"]] for body in r.accepted()]
+    posts = [[i["run"] for i in body["incidents"]] for body in r.accepted()]
     assert posts == [["a"], ["b", "c", "d"]]
 
 
@@ -217,17 +244,17 @@ async def test_a_full_queue_drops_the_oldest_and_counts_them(
         receiver: Callable[..., Receiver]) -> None:
     r = receiver()
     sink = WebhookSink(json_urls=[r.url], queue_size=2)
-    sink.deliver([opened(run=name) for name in ("a", "b", "c")])  # before start: all queued
+    sink.deliver([], [opened(run=name) for name in ("a", "b", "c")])  # before start: queued
     await sink.start()
     await sink.stop()
-    assert [[a["run"] for a in body["alerts"]] for body in r.accepted()] == [["b", "c"]]
+    assert [[i["run"] for i in body["incidents"]] for body in r.accepted()] == [["b", "c"]]
     assert sink.stats()[r.url]["dropped"] == 1
 
 
-def test_critical_alert_reaches_the_receiver_once_with_a_slack_body(
+def test_a_critical_incident_reaches_the_receiver_once_with_a_slack_body(
         tmp_path: Path, receiver: Callable[..., Receiver]) -> None:
-    """End to end: a trainer's NaN loss → nonfinite (critical) → one Slack post, although
-    the receiver fails the first attempt and the alert is held for several more steps."""
+    """End to end: a trainer's NaN loss → one critical incident → one Slack post, although
+    the receiver fails the first attempt and the incident is held for several more steps."""
     r = receiver([500])
     settings = Settings(port=0, data_dir=tmp_path, ingest_token=TOKEN, log_alerts=False,
                         slack_webhook_urls=[r.url], webhook_min_severity="critical")
@@ -245,5 +272,5 @@ def test_critical_alert_reaches_the_receiver_once_with_a_slack_body(
     assert [status for status, _ in r.requests] == [500, 200]
     (body,) = r.accepted()
     assert set(body) == {"text", "blocks"}
-    assert body["text"].startswith("CRITICAL [nonfinite] `nan-run` @ step 3: ")
+    assert body["text"].startswith("CRITICAL `nan-run` #1 @ step 3: the loss went NaN")
     assert body["blocks"][0]["text"] == {"type": "mrkdwn", "text": body["text"]}

@@ -91,9 +91,11 @@ async def test_one_unstorable_frame_does_not_cost_the_frames_committed_with_it(p
     assert (data.steps, data.values) == ([0, 1], [0.0, 1.0])
 
 
-async def test_alerts_are_judged_saved_and_published(parts: Any) -> None:
+async def test_alerts_and_incidents_are_judged_saved_and_published(parts: Any) -> None:
     writer, store, hub = parts["writer"], parts["store"], parts["hub"]
-    viewer = hub.connect()  # follows nothing: alerts and run changes still reach it
+    viewer = hub.connect()  # follows nothing: incidents and run changes still reach it
+    follower = hub.connect()
+    follower.runs.add("r")
     await writer.start()
     done = Replies()
     await writer.submit([RunStart(run="r", session="s"),
@@ -106,7 +108,11 @@ async def test_alerts_are_judged_saved_and_published(parts: Any) -> None:
     messages = []
     while not viewer.queue.empty():
         messages.append(viewer.queue.get_nowait())
-    assert [m["type"] for m in messages] == ["run", "progress", "alert"]
+    assert [m["type"] for m in messages] == ["run", "progress", "incident"]
     messages.remove(messages[1])  # the runs list's throttled progress of the step
     assert messages[1]["change"] == "opened"
-    assert messages[1]["alert"]["details"]["value"] == "NaN"
+    assert messages[1]["incident"]["evidence"][0]["details"]["value"] == "NaN"
+    (incident,) = store.incidents(run="r")
+    assert (incident.number, incident.state, incident.onset_step) == (1, "open", 0)
+    followed = [follower.queue.get_nowait()["type"] for _ in range(follower.queue.qsize())]
+    assert "alert" in followed and "incident" in followed  # the run's viewers get the evidence

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from trainvitals.protocol.series import BACKWARD_FACTOR
 from trainvitals.trainer_plugin.adapters.values import (
     Mean,
     Number,
@@ -48,7 +49,7 @@ class StepRecorder:
         self._reset()
 
     def _reset(self) -> None:
-        self._raw, self._used = Mean(), Mean()
+        self._raw, self._used, self._factor = Mean(), Mean(), Mean()
         self._grad_norm: Number | None = None
         self._grad_norm_post: Number | None = None
         self._lr: Number | None = None
@@ -147,6 +148,16 @@ class StepRecorder:
         loss = loss_of(output)
         if loss is not None and torch.is_grad_enabled():  # validation runs without grad
             self.raw_loss(loss)
+            if loss.requires_grad:
+                loss.register_hook(self._on_loss_grad)  # type: ignore[no-untyped-call]
+
+    def _on_loss_grad(self, grad: torch.Tensor) -> None:
+        """The gradient backward brings to the raw loss: d(loss used)/d(raw loss). It is 1 for
+        a plain ``loss.backward()``, 1/k for a loss divided over k micro-batches, the scale
+        under a GradScaler — and exactly 0 when a guard did ``loss = loss * 0.0``, which is how
+        ``attach`` alone sees such a guard without a line in the loop."""
+        if grad.numel() == 1:
+            self._factor.add(grad.detach().reshape(()))
 
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
         if param.grad is not None and param.grad.layout == torch.strided:
@@ -181,6 +192,9 @@ class StepRecorder:
         if self._done is None:
             return
         step, self._done = self._done, None
+        factor = self._factor.value()
+        if factor is not None:
+            self._scalars.setdefault(BACKWARD_FACTOR, factor)
         self.monitor.log_step(
             step, loss=self._raw.value(), loss_used=self._used.value(),
             grad_norm=self._grad_norm, grad_norm_post=self._grad_norm_post, lr=self._lr,

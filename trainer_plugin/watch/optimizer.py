@@ -15,7 +15,8 @@ Scalars sent with the step, per top-level module ``m`` (children of the model; p
 registered on the model itself count as ``(root)``; without a model, per parameter group
 ``group<i>``): ``update/m`` (not sent when ``m`` has nothing trainable), ``dead_grads/m``,
 ``trainable/m`` and ``frozen/m`` (parameter tensors with ``requires_grad=False``, which are
-intended and never dead); and ``lr/group<i>`` for every parameter group.
+intended and never dead), ``not_optimised/m`` (trainable tensors that no optimizer parameter
+group holds; sent only when there are any); and ``lr/group<i>`` for every parameter group.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class _Group:
     name: str
     trainable: list[int]  # indices into the watch's flat parameter list
     frozen: int
+    not_optimised: int = 0  # trainable tensors that no optimizer parameter group holds
 
 
 class UpdateWatch:
@@ -52,7 +54,8 @@ class UpdateWatch:
             raise ValueError(f"every must be at least 1, got {every}")
         self.optimizer, self.every, self._scalar = optimizer, every, scalar
         self._params: list[torch.Tensor] = []
-        self._groups = [self._group(name, params) for name, params in _named_groups(
+        optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self._groups = [self._group(name, params, optimised) for name, params in _named_groups(
             optimizer, model)]
         self._steps = 0
         self._measuring = False
@@ -68,11 +71,15 @@ class UpdateWatch:
             handle.remove()
         self._handles.clear()
 
-    def _group(self, name: str, params: list[torch.Tensor]) -> _Group:
+    def _group(self, name: str, params: list[torch.Tensor], optimised: set[int]) -> _Group:
         trainable = [p for p in params if p.requires_grad]
         first = len(self._params)
         self._params += trainable
-        return _Group(name, list(range(first, len(self._params))), len(params) - len(trainable))
+        # Known once, when the watch starts: a sub-module built after the optimizer, or left
+        # out of its parameter groups, gets gradients and never moves.
+        orphans = sum(id(p) not in optimised for p in trainable)
+        return _Group(name, list(range(first, len(self._params))), len(params) - len(trainable),
+                      orphans)
 
     def _before(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._steps += 1
@@ -89,6 +96,8 @@ class UpdateWatch:
         for group in self._groups:
             self._scalar(f"{series.TRAINABLE}{group.name}", len(group.trainable))
             self._scalar(f"{series.FROZEN}{group.name}", group.frozen)
+            if group.not_optimised:
+                self._scalar(f"{series.NOT_OPTIMISED}{group.name}", group.not_optimised)
             zero = [norms[i] == 0 for i in group.trainable if i in norms]
             missing = len(group.trainable) - len(zero)  # no gradient reached them at all
             self._scalar(f"{series.DEAD_GRADS}{group.name}",

@@ -22,8 +22,10 @@ from trainvitals.protocol import Step, TensorStats
 from trainvitals.protocol.series import tensor_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding, Severity
+from trainvitals.server.alerts.rule import HEALTH, Rule, RuleContext
+from trainvitals.server.alerts.rules.threshold import finite_and_reported
 
-__all__ = ["headroom", "slope"]
+__all__ = ["RULE", "headroom", "slope"]
 
 
 def headroom(step: Step, maxima: Mapping[str, Sequence[tuple[int, float]]],
@@ -104,3 +106,17 @@ def _trend(step: Step, name: str, stats: TensorStats, margin: float,
 
 def _tensor(name: str, stats: TensorStats) -> str:
     return f"{name} ({stats.dtype})" if stats.dtype else name
+
+
+def _judge(ctx: RuleContext) -> list[Finding]:
+    return headroom(ctx.step, ctx.memory.maxima, ctx.config)
+
+
+RULE = Rule(
+    "headroom", _judge, severity="warning or critical",
+    summary="a tensor logged with `feeds_exp=True` has less than `headroom_warning` (50%: "
+            "exp(max)² would overflow its dtype) / `headroom_critical` (5%) of its dtype's "
+            "overflow margin left — at the first such step — or its max rises steadily "
+            "toward overflow within `headroom_horizon` steps",
+    explains=HEALTH - {"module_learning"}, observes=finite_and_reported,
+)

@@ -22,8 +22,9 @@ from trainvitals.protocol.series import scalar_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.memory import Streak
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding
+from trainvitals.server.alerts.rule import Rule, RuleContext
 
-__all__ = ["UPDATE", "learned", "no_learning", "reports_learning"]
+__all__ = ["RULE", "UPDATE", "learned", "no_learning", "reports_learning"]
 
 UPDATE, DEAD, TRAINABLE = (scalar_series(family) for family in (series.UPDATE, series.DEAD_GRADS,
                                                                   series.TRAINABLE))
@@ -70,3 +71,20 @@ def no_learning(step: Step, values: Mapping[str, float], streak: Streak,
     details: Details = {"streak": streak.length, "since": streak.start,
                         "stall_steps": config.stall_steps, "ratio": config.no_learning_ratio}
     return [Finding("no_learning", "update", "critical", message, details, streak.start)]
+
+
+def _observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
+    return reports_learning(values)
+
+
+def _judge(ctx: RuleContext) -> list[Finding]:
+    return no_learning(ctx.step, ctx.values, ctx.memory.learning_streak, ctx.config,
+                       "update" in ctx.open_series)
+
+
+RULE = Rule(
+    "no_learning", _judge, severity="critical",
+    summary="for `stall_steps` steps no module moved (‖Δθ‖/‖θ‖ ≤ 1e-8), or every trainable "
+            "gradient was exactly 0 (even while weight decay still moves weights)",
+    explains=frozenset({"no_learning", "module_learning", "stall"}), observes=_observes,
+)

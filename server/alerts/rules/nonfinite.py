@@ -16,8 +16,9 @@ from trainvitals.protocol.series import TENSOR
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
 from trainvitals.server.alerts.origin import origin_details, origin_finding, origin_text
+from trainvitals.server.alerts.rule import HEALTH, Rule, RuleContext
 
-__all__ = ["nonfinite"]
+__all__ = ["RULE", "nonfinite"]
 
 
 def nonfinite(step: Step, values: Mapping[str, float],
@@ -92,3 +93,28 @@ def _spread(stats: TensorStats) -> str:
         return "no finite element"
     extremes = (text.value(stats.min), text.value(stats.max), text.value(stats.mean))
     return "finite min {}, max {}, mean {}".format(*extremes)
+
+
+def observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
+    """A tensor's series is judged when the step reports that tensor; ``origin`` every step
+    (each says whether the run is still non-finite); a value when the step reports it."""
+    if series.startswith(TENSOR):
+        return series.removeprefix(TENSOR) in step.tensors
+    if series == "origin":
+        return True
+    return series in values or (series == "loss" and step.clip is not None)
+
+
+def _judge(ctx: RuleContext) -> list[Finding]:
+    broken = nonfinite(ctx.step, ctx.values, ctx.memory.active_origin())
+    if not broken:
+        ctx.memory.origin_active = False  # a clean step ends the episode it explained
+    return broken
+
+
+RULE = Rule(
+    "nonfinite", _judge, severity="critical",
+    summary="any reported value is NaN/±Inf, or a watched tensor holds NaN/±Inf; names where "
+            "it started when `watch` is on",
+    explains=HEALTH, observes=observes,
+)

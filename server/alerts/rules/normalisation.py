@@ -16,8 +16,10 @@ from trainvitals.protocol import Step
 from trainvitals.protocol.series import NORMALISATION, scalar_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
+from trainvitals.server.alerts.rule import HEALTH, Rule, RuleContext
+from trainvitals.server.alerts.rules.threshold import finite_and_reported
 
-__all__ = ["PREFIX", "normalisation"]
+__all__ = ["PREFIX", "RULE", "normalisation"]
 
 PREFIX = scalar_series(NORMALISATION)
 DEFAULT_EPS = 1e-6
@@ -58,3 +60,14 @@ def _no_valid(step: Step, series: str, name: str, x: float) -> Finding:
     )
     details: Details = {"samples": n}
     return Finding("normalisation", series, "warning", message, details, step.step)
+
+
+def _judge(ctx: RuleContext) -> list[Finding]:
+    return normalisation(ctx.step, ctx.values)
+
+
+RULE = Rule(
+    "normalisation", _judge, severity="critical or warning",
+    summary="a `denominator` fell below its ε / a sample had no valid pixel",
+    explains=HEALTH - {"module_learning"}, observes=finite_and_reported,
+)

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from trainvitals.protocol import Step
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import AlertConfig, Finding
+from trainvitals.server.alerts.rule import HEALTH, Rule, RuleContext
+from trainvitals.server.alerts.rules.threshold import finite_and_reported
 
-__all__ = ["MAD_SCALE", "MEAN_AD_SCALE", "RELATIVE_FLOOR", "Baseline", "baseline", "spike"]
+__all__ = ["MAD_SCALE", "MEAN_AD_SCALE", "RELATIVE_FLOOR", "RULE", "Baseline", "baseline", "spike"]
 
 MAD_SCALE = 1.4826  # MAD × this estimates σ for normal noise
 MEAN_AD_SCALE = 1.2533  # mean absolute deviation × this estimates σ (√(π/2)), the MAD==0 fallback
@@ -74,3 +76,14 @@ def spike(step: Step, history: Sequence[float], config: AlertConfig) -> list[Fin
         "history": base.size, "threshold": config.spike_threshold,
     }
     return [Finding("spike", "loss", "warning", message, details, step.step)]
+
+
+def _judge(ctx: RuleContext) -> list[Finding]:
+    return spike(ctx.step, ctx.memory.losses, ctx.config)
+
+
+RULE = Rule(
+    "spike", _judge, severity="warning",
+    summary="the raw loss jumps far above a robust running baseline (median/MAD)",
+    explains=HEALTH - {"module_learning"}, observes=finite_and_reported,
+)

@@ -18,6 +18,7 @@ from typing import Any
 
 from trainvitals.protocol import Record, Step
 from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Incident
 from trainvitals.server.store.limits import LimitExceeded, Limits
 from trainvitals.server.store.postgres.schema import LOCK_NAMESPACE, RUNS_LOCK
 from trainvitals.server.store.postgres.sql import (
@@ -55,7 +56,7 @@ class Ids:
     def __init__(self, conn: Any, cache: IdCache, limits: Limits) -> None:
         self.conn, self.cache, self.limits = conn, cache, limits
 
-    def lock_runs(self, records: Iterable[Record | Alert]) -> None:
+    def lock_runs(self, records: Iterable[Record | Alert | Incident]) -> None:
         """Create the runs of ``records`` where missing and lock them all, in id order."""
         first_time: dict[str, float] = {}
         for r in records:

@@ -4,7 +4,8 @@ The tables mirror the SQLite schema (``store.sqlite.schema``) with native types:
 ±Inf are ``double precision`` values (no NULL stands for NaN), integers are ``bigint`` (the
 protocol's integers are signed 64-bit), names compare byte-wise (``COLLATE "C"``, as SQLite
 does), and ids come from identity columns. Bump ``SCHEMA_VERSION`` with every change to
-``SCHEMA``.
+``SCHEMA``; a version whose changes are new tables only (``UPGRADABLE``) is brought up to date
+in place. Version 2 added ``incidents``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 __all__ = ["LOCK_NAMESPACE", "RUNS_LOCK", "SCHEMA", "SCHEMA_VERSION", "TABLES", "create_or_check"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+UPGRADABLE = (1,)  # versions SCHEMA upgrades as it stands: it only adds tables
 
 # Transaction-level advisory locks: pg_advisory_xact_lock(LOCK_NAMESPACE, key).
 LOCK_NAMESPACE = 0x7476  # "tv"
@@ -60,6 +62,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert
     ON alerts (run_id, rank, rule, series) WHERE state = 'open';
 CREATE INDEX IF NOT EXISTS alerts_of_run ON alerts (run_id);
+-- one root cause on one run; body is JSON (evidence and diagnosis facts), as in SQLite
+CREATE TABLE IF NOT EXISTS incidents (
+    run_id bigint NOT NULL REFERENCES runs(id), number bigint NOT NULL, kind text NOT NULL,
+    severity text NOT NULL, state text NOT NULL, onset_step bigint NOT NULL,
+    rank bigint NOT NULL, opened_step bigint NOT NULL, last_step bigint NOT NULL,
+    resolved_step bigint, headline text NOT NULL, remedy text NOT NULL,
+    body text NOT NULL DEFAULT '{{}}', PRIMARY KEY (run_id, number));
 -- where non-finite values started (Step.origin), keyed by the step they started at; a later
 -- record about the same step (the op-level trace) fills in what it adds
 CREATE TABLE IF NOT EXISTS origins (
@@ -69,8 +78,8 @@ CREATE TABLE IF NOT EXISTS origins (
 """
 
 # Every table, children first (the order delete_run deletes in).
-TABLES = ("seen", "points", "series", "steps", "clips", "origins", "alerts", "streams", "runs",
-          "meta")
+TABLES = ("seen", "points", "series", "steps", "clips", "origins", "alerts", "incidents",
+          "streams", "runs", "meta")
 
 
 def create_or_check(conn: Any, where: str) -> None:
@@ -87,10 +96,12 @@ def create_or_check(conn: Any, where: str) -> None:
         (meta,) = conn.execute("SELECT to_regclass('meta')").fetchone()
         if meta is not None:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if found is not None and int(found[0]) != SCHEMA_VERSION:
+            upgrade = found is not None and int(found[0]) in UPGRADABLE
+            if found is not None and int(found[0]) != SCHEMA_VERSION and not upgrade:
                 raise RuntimeError(f"the PostgreSQL database {where} has schema version "
                                    f"{found[0]}; this server needs {SCHEMA_VERSION}. Use a new "
                                    "database.")
         conn.execute(SCHEMA)
-        conn.execute("INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+        conn.execute("INSERT INTO meta VALUES ('schema_version', %s) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                      (str(SCHEMA_VERSION),))

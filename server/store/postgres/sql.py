@@ -7,10 +7,27 @@ NaN equals NaN), which the M4 query below relies on.
 
 from __future__ import annotations
 
-__all__ = ["COPY_POINTS", "COPY_STEPS", "DISK_BYTES", "HIGH_WATER", "INSERT_CLIP",
-           "INSERT_SEEN", "INSERT_SERIES", "INSERT_STREAMS", "M4", "RUN_SELECT", "SELECT_SERIES",
-           "SELECT_STREAMS", "TABLE_SIZES", "UPDATE_RUN_PROGRESS", "UPSERT_ALERT",
-           "UPSERT_ORIGIN", "UPSERT_POINTS", "UPSERT_STEPS"]
+__all__ = [
+           "COPY_POINTS",
+           "COPY_STEPS",
+           "DISK_BYTES",
+           "HIGH_WATER",
+           "INSERT_CLIP",
+           "INSERT_SEEN",
+           "INSERT_SERIES",
+           "INSERT_STREAMS",
+           "M4",
+           "RUN_SELECT",
+           "SELECT_SERIES",
+           "SELECT_STREAMS",
+           "TABLE_SIZES",
+           "UPDATE_RUN_PROGRESS",
+           "UPSERT_ALERT",
+           "UPSERT_INCIDENT",
+           "UPSERT_ORIGIN",
+           "UPSERT_POINTS",
+           "UPSERT_STEPS",
+]
 
 # ------------------------------------------------------------------------------------ writes
 
@@ -95,7 +112,8 @@ UPSERT_ALERT = (
 RUN_SELECT = """
 SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, r.reason,
   r.config, coalesce(k.ranks, '{}'), coalesce(k.dropped, 0), st.n, st.t0, st.t1,
-  coalesce(al.open, '{}'), coalesce(rc.steps, '{}'), coalesce(rc.times, '{}')
+  coalesce(al.open, '{}'), coalesce(rc.steps, '{}'), coalesce(rc.times, '{}'),
+  coalesce(ic.open, '{}'), coalesce(ic.total, 0)
 FROM runs r
 LEFT JOIN LATERAL (SELECT array_agg(DISTINCT rank ORDER BY rank) AS ranks,
                           sum(dropped)::bigint AS dropped
@@ -105,6 +123,13 @@ LEFT JOIN LATERAL (SELECT count(*) AS n, min(time) AS t0, max(time) AS t1
 LEFT JOIN LATERAL (SELECT json_object_agg(severity, n) AS open
                    FROM (SELECT severity, count(*) AS n FROM alerts
                          WHERE run_id = r.id AND state = 'open' GROUP BY severity) a) al ON true
+LEFT JOIN LATERAL (SELECT json_object_agg(severity, n) FILTER (WHERE severity IS NOT NULL)
+                          AS open, sum(total)::bigint AS total
+                   FROM (SELECT CASE WHEN state <> 'resolved' THEN severity END AS severity,
+                                count(*) FILTER (WHERE state <> 'resolved') AS n,
+                                count(*) AS total
+                         FROM incidents WHERE run_id = r.id
+                         GROUP BY CASE WHEN state <> 'resolved' THEN severity END) i) ic ON true
 LEFT JOIN LATERAL (  -- the lowest rank's latest steps, newest first
   SELECT array_agg(step ORDER BY step DESC) AS steps, array_agg(time ORDER BY step DESC) AS times
   FROM (SELECT step, time FROM steps WHERE run_id = r.id AND rank = coalesce(k.ranks[1], 0)
@@ -167,3 +192,15 @@ FROM (SELECT 'meta' AS name, (SELECT avg(pg_column_size(t)) FROM (TABLE meta LIM
 
 DISK_BYTES = ("SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)::bigint "
               "FROM unnest(%s::text[]) AS t")
+
+# The columns in the order of incident_rows.INCIDENT_COLUMNS (a test holds them together).
+UPSERT_INCIDENT = """
+INSERT INTO incidents(run_id, number, kind, severity, state, onset_step, rank, opened_step,
+                      last_step, resolved_step, headline, remedy, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id, number) DO UPDATE SET kind = excluded.kind,
+  severity = excluded.severity, state = excluded.state, onset_step = excluded.onset_step,
+  rank = excluded.rank, opened_step = excluded.opened_step, last_step = excluded.last_step,
+  resolved_step = excluded.resolved_step, headline = excluded.headline,
+  remedy = excluded.remedy, body = excluded.body
+"""

@@ -19,6 +19,7 @@ import psycopg
 from trainvitals.protocol import Record, float_from_wire
 from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Incident
 from trainvitals.server.security import redact_url
 from trainvitals.server.store import (
     ClipRow,
@@ -36,10 +37,16 @@ from trainvitals.server.store.codec import (
     steps_per_second,
 )
 from trainvitals.server.store.downsample import columns
+from trainvitals.server.store.incident_rows import incident_from_row
 from trainvitals.server.store.limits import Limits
 from trainvitals.server.store.postgres.ids import IdCache
 from trainvitals.server.store.postgres.schema import TABLES, create_or_check
-from trainvitals.server.store.postgres.sql import DISK_BYTES, M4, RUN_SELECT, TABLE_SIZES
+from trainvitals.server.store.postgres.sql import (
+    DISK_BYTES,
+    M4,
+    RUN_SELECT,
+    TABLE_SIZES,
+)
 from trainvitals.server.store.postgres.write import WriteTransaction
 
 __all__ = ["PostgresStore"]
@@ -112,6 +119,15 @@ class PostgresStore:
         try:
             with conn.transaction():
                 WriteTransaction(conn, self._ids, self.limits).save_alerts(list(alerts))
+        except BaseException:
+            self._ids.forget()
+            raise
+
+    def save_incidents(self, incidents: Iterable[Incident]) -> None:
+        conn = self._write_conn()
+        try:
+            with conn.transaction():
+                WriteTransaction(conn, self._ids, self.limits).save_incidents(list(incidents))
         except BaseException:
             self._ids.forget()
             raise
@@ -239,6 +255,18 @@ class PostgresStore:
                       details=decode_details(loads_json(row[12])))
                 for row in rows]
 
+    def incidents(self, *, run: str | None = None, state: str | None = None
+                  ) -> list[Incident]:
+        rows = self._read_conn().execute(
+            "SELECT r.name, i.number, i.kind, i.severity, i.state, i.onset_step, i.rank, "
+            "i.opened_step, i.last_step, i.resolved_step, i.headline, i.remedy, i.body "
+            "FROM incidents i JOIN runs r ON r.id = i.run_id "
+            "WHERE (%s::text IS NULL OR r.name = %s) AND "
+            "(%s::text IS NULL OR i.state = %s OR (%s = 'open' AND i.state = 'escalated')) "
+            "ORDER BY r.created DESC, r.id DESC, i.number",
+            (run, run, state, state, state)).fetchall()
+        return [incident_from_row(row[0], row[1], tuple(row[2:])) for row in rows]
+
     def origins(self, run_id: int) -> list[OriginRow]:
         rows = self._read_conn().execute(
             "SELECT rank, step, reported_step, kind, stage, module, module_type, param, op, "
@@ -257,6 +285,7 @@ _DELETE_RUN = (
     "DELETE FROM clips WHERE run_id = %(run)s",
     "DELETE FROM origins WHERE run_id = %(run)s",
     "DELETE FROM alerts WHERE run_id = %(run)s",
+    "DELETE FROM incidents WHERE run_id = %(run)s",
     "DELETE FROM streams WHERE run_id = %(run)s",
     "DELETE FROM runs WHERE id = %(run)s",
 )
@@ -265,10 +294,11 @@ _DELETE_RUN = (
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:
     (run_id, name, status, created, updated, last_step, world, reason, config, ranks, dropped,
-     steps, t0, t1, open_alerts, recent_steps, recent_times) = row
+     steps, t0, t1, open_alerts, recent_steps, recent_times, open_incidents, incidents) = row
     return RunRow(run_id, name, status, created, updated, last_step, world, list(ranks),
                   dropped, reason, loads_json(config), steps, t0, t1, dict(open_alerts),
-                  steps_per_second(list(zip(recent_steps, recent_times, strict=True))))
+                  steps_per_second(list(zip(recent_steps, recent_times, strict=True))),
+                  dict(open_incidents), int(incidents))
 
 
 def _live_bytes(total: int, heap: int, live: int, width: float, block: int) -> int:

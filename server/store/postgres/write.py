@@ -27,8 +27,10 @@ from psycopg.errors import UniqueViolation
 from trainvitals.protocol import Record, RunEnd, RunStart, Step
 from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Incident
 from trainvitals.server.store import WriteResult
 from trainvitals.server.store.codec import dumps_json
+from trainvitals.server.store.incident_rows import incident_values
 from trainvitals.server.store.limits import Limits
 from trainvitals.server.store.postgres.ids import IdCache, Ids, Stream
 from trainvitals.server.store.postgres.sql import (
@@ -39,6 +41,7 @@ from trainvitals.server.store.postgres.sql import (
     INSERT_SEEN,
     UPDATE_RUN_PROGRESS,
     UPSERT_ALERT,
+    UPSERT_INCIDENT,
     UPSERT_ORIGIN,
     UPSERT_POINTS,
     UPSERT_STEPS,
@@ -197,6 +200,14 @@ class WriteTransaction:
                 (*values, run_id, a.rank, a.rule, a.series))
             if updated.rowcount == 0:
                 self.conn.execute(UPSERT_ALERT, (run_id, a.rank, a.rule, a.series, *values))
+
+
+    def save_incidents(self, incidents: list[Incident]) -> None:
+        """Insert or replace each incident's row, keyed by (run, number)."""
+        self.ids.lock_runs(incidents)
+        for incident in incidents:
+            self.conn.execute(UPSERT_INCIDENT, (self.cache.runs[incident.run], incident.number,
+                                                *incident_values(incident)))
 
 
 def _copy(cursor: Any, sql: str, types: tuple[str, ...], rows: dict[Any, Any]) -> None:

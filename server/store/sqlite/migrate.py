@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainvitals.server.store.sqlite.blocks import rebuild
-from trainvitals.server.store.sqlite.schema import POINT_BLOCKS, SCHEMA_VERSION
+from trainvitals.server.store.sqlite.schema import INCIDENTS, POINT_BLOCKS, SCHEMA_VERSION
 
 __all__ = ["migrate"]
 
@@ -52,6 +52,11 @@ def _add_point_blocks(conn: sqlite3.Connection, path: Path) -> None:
              time.monotonic() - started)
 
 
+def _add_incidents(conn: sqlite3.Connection, path: Path) -> None:
+    """2 → 3: the incidents table (empty: incidents are made from new steps)."""
+    conn.execute(INCIDENTS)
+
+
 def _progress(path: Path, started: float) -> Callable[[int], None]:
     last = [started]
 
@@ -64,4 +69,5 @@ def _progress(path: Path, started: float) -> Callable[[int], None]:
     return report
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection, Path], None]] = {1: _add_point_blocks}
+_STEPS: dict[int, Callable[[sqlite3.Connection, Path], None]] = {
+    1: _add_point_blocks, 2: _add_incidents}

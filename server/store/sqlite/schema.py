@@ -1,10 +1,23 @@
 """The SQLite schema, versioned. Bump ``SCHEMA_VERSION`` with every change to ``SCHEMA``, and
 teach ``trainvitals.server.store.sqlite.migrate`` the way from the previous version.
 
-Version 2 added ``point_blocks`` (block summaries for fast long-range charts).
+Version 2 added ``point_blocks`` (block summaries for fast long-range charts), version 3
+``incidents`` (one row per root cause: ``trainvitals.server.alerts.incidents``).
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+INCIDENTS = """
+-- one root cause on one run (number counts the run's incidents from 1); body is JSON: the
+-- evidence (snapshots of the alerts it holds) and the diagnosis facts
+CREATE TABLE IF NOT EXISTS incidents (
+    run_id INTEGER NOT NULL REFERENCES runs(id), number INTEGER NOT NULL, kind TEXT NOT NULL,
+    severity TEXT NOT NULL, state TEXT NOT NULL, onset_step INTEGER NOT NULL,
+    rank INTEGER NOT NULL, opened_step INTEGER NOT NULL, last_step INTEGER NOT NULL,
+    resolved_step INTEGER, headline TEXT NOT NULL, remedy TEXT NOT NULL,
+    body TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (run_id, number)
+) WITHOUT ROWID;
+"""
 
 POINT_BLOCKS = """
 -- per series and block of 1,024 steps (block = step >> 10), what M4 keeps of its points
@@ -45,7 +58,7 @@ CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
     PRIMARY KEY (series_id, step)
 ) WITHOUT ROWID;
-""" + POINT_BLOCKS + """CREATE TABLE IF NOT EXISTS steps (
+""" + POINT_BLOCKS + INCIDENTS + """CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
 ) WITHOUT ROWID;

@@ -16,6 +16,7 @@ from typing import Any
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, float_from_wire
 from trainvitals.protocol.series import ValuesOf, step_values
 from trainvitals.server.alerts import Alert
+from trainvitals.server.alerts.incidents import Incident
 from trainvitals.server.store import (
     ClipRow,
     OriginRow,
@@ -33,6 +34,10 @@ from trainvitals.server.store.codec import (
     steps_per_second,
 )
 from trainvitals.server.store.downsample import SQLITE_M4, by_blocks, columns
+from trainvitals.server.store.incident_rows import (
+    incident_from_row,
+    incident_values,
+)
 from trainvitals.server.store.limits import LimitExceeded, Limits
 from trainvitals.server.store.sqlite.blocks import PendingBlocks, block_m4
 from trainvitals.server.store.sqlite.migrate import migrate
@@ -264,6 +269,29 @@ class SQLiteStore:
             self._forget_ids()
             raise
 
+    def save_incidents(self, incidents: Iterable[Incident]) -> None:
+        conn = self._write_conn()
+        try:
+            with conn:
+                for incident in incidents:
+                    run_id = self._run_id(conn, incident.run, 0.0)
+                    conn.execute(_UPSERT_INCIDENT,
+                                 (run_id, incident.number, *incident_values(incident)))
+        except BaseException:
+            self._forget_ids()
+            raise
+
+    def incidents(self, *, run: str | None = None, state: str | None = None
+                  ) -> list[Incident]:
+        rows = self._read_conn().execute(
+            "SELECT r.name, i.number, i.kind, i.severity, i.state, i.onset_step, i.rank, "
+            "i.opened_step, i.last_step, i.resolved_step, i.headline, i.remedy, i.body "
+            "FROM incidents i JOIN runs r ON r.id=i.run_id WHERE (? IS NULL OR r.name=?) AND "
+            "(? IS NULL OR i.state=? OR (?='open' AND i.state='escalated')) "
+            "ORDER BY r.created DESC, r.id DESC, i.number",
+            (run, run, state, state, state)).fetchall()
+        return [incident_from_row(row[0], row[1], tuple(row[2:])) for row in rows]
+
     def _save_alerts(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> None:
         with conn:
             for a in alerts:
@@ -326,12 +354,17 @@ class SQLiteStore:
         open_alerts = dict(conn.execute(
             "SELECT severity, count(*) FROM alerts WHERE run_id=? AND state='open' "
             "GROUP BY severity", (run_id,)).fetchall())
+        open_incidents = dict(conn.execute(
+            "SELECT severity, count(*) FROM incidents WHERE run_id=? AND state!='resolved' "
+            "GROUP BY severity", (run_id,)).fetchall())
+        (incidents,) = conn.execute("SELECT count(*) FROM incidents WHERE run_id=?",
+                                    (run_id,)).fetchone()
         recent = conn.execute(  # the lowest rank's latest steps, newest first (index order)
             "SELECT step, time FROM steps WHERE run_id=? AND rank=? ORDER BY step DESC LIMIT 100",
             (run_id, min(ranks, default=0))).fetchall()
         return RunRow(run_id, name, status, created, updated, last_step, world, ranks, dropped,
                       reason, loads_json(config), steps, t0, t1, open_alerts,
-                      steps_per_second(recent))
+                      steps_per_second(recent), open_incidents, incidents)
 
     def series_list(self, run_id: int) -> list[SeriesInfo]:
         rows = self._read_conn().execute(
@@ -415,6 +448,7 @@ _DELETE_RUN = (
     "DELETE FROM clips WHERE run_id=?",
     "DELETE FROM origins WHERE run_id=?",
     "DELETE FROM alerts WHERE run_id=?",
+    "DELETE FROM incidents WHERE run_id=?",
     "DELETE FROM streams WHERE run_id=?",
     "DELETE FROM runs WHERE id=?",
 )
@@ -477,3 +511,9 @@ def _real(value: float) -> float | None:
 
 def _float(value: float | None) -> float:
     return math.nan if value is None else value
+
+# The columns in the order of incident_rows.INCIDENT_COLUMNS (a test holds them together).
+_UPSERT_INCIDENT = (
+    "INSERT OR REPLACE INTO incidents(run_id, number, kind, severity, state, onset_step, rank, "
+    "opened_step, last_step, resolved_step, headline, remedy, body) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")

@@ -34,10 +34,13 @@ def make_steps(n: int, start: int = 1, run: str = "r", rank: int = 0, **columns:
     return steps
 
 
-def zeroed(n: int, start: int, raw: float = 3.2e4, **columns: Any) -> list[Step]:
-    """``n`` steps whose loss guard zeroed a finite raw loss above clip 10: the silent stall."""
+def zeroed(n: int, start: int, raw: float = 3.2e4, grad_norm: float | None = 0.0,
+           **columns: Any) -> list[Step]:
+    """``n`` steps whose loss guard zeroed a finite raw loss above clip 10: the silent stall.
+    With ``grad_norm=None`` the signature is not exact (no gradient norm reported)."""
     event = ClipEvent(raw=raw, threshold=10.0, action="zeroed", reason="above_threshold")
-    return make_steps(n, start, loss=raw, loss_used=0.0, grad_norm=0.0, clip=event, **columns)
+    return make_steps(n, start, loss=raw, loss_used=0.0, grad_norm=grad_norm, clip=event,
+                      **columns)
 
 
 def healthy(n: int, start: int, **columns: Any) -> list[Step]:
@@ -96,9 +99,24 @@ def test_neginf_component_opens_on_its_series() -> None:
     assert alert.message == "Non-finite value at step 2: loss/normal is -Inf."
 
 
+def test_the_exact_stall_signature_opens_at_its_first_step() -> None:
+    engine = AlertEngine(AlertConfig(stall_steps=10))
+    changes = feed(engine, healthy(3, start=1) + zeroed(2, start=4))
+    (opened,) = of(changes, "opened", "stall")
+    assert (opened.series, opened.first_step, opened.opened_step) == ("loss_used", 4, 4)
+    assert opened.message == (
+        "Silent stall: the backpropagated loss was 0 (clipped) at this step; raw loss 3.2e+04 "
+        "> clip 10; pre-clip gradient norm 0. Gradients cannot flow."
+    )
+    # tiny but not exactly 0: ambiguous, so it takes stall_steps steps
+    tiny = feed(AlertEngine(AlertConfig(stall_steps=10)), zeroed(9, start=1, grad_norm=1e-9))
+    assert of(tiny, "opened", "stall") == []
+
+
 def test_stall_opens_on_kth_step_counts_repeats_and_resolves_after_clean_steps() -> None:
     engine = AlertEngine(AlertConfig(stall_steps=10, resolve_after=5))
-    steps = healthy(3, start=1201) + zeroed(30, start=1204) + healthy(10, start=1234)
+    steps = (healthy(3, start=1201) + zeroed(30, start=1204, grad_norm=None)
+             + healthy(10, start=1234))
     changes = feed(engine, steps)
     (opened,) = of(changes, "opened", "stall")
     assert (opened.series, opened.severity) == ("loss_used", "critical")
@@ -118,15 +136,17 @@ def test_stall_opens_on_kth_step_counts_repeats_and_resolves_after_clean_steps()
 def test_stall_needs_k_consecutive_steps_and_unreported_loss_breaks_the_streak() -> None:
     engine = AlertEngine(AlertConfig(stall_steps=10))
     gap = make_steps(1, start=10, loss=None, loss_used=None)  # nothing reported: proves nothing
-    changes = feed(engine, zeroed(9, start=1) + gap + zeroed(9, start=11))
+    changes = feed(engine, zeroed(9, start=1, grad_norm=None) + gap
+                   + zeroed(9, start=11, grad_norm=None))
     assert of(changes, "opened", "stall") == []
-    changes = feed(engine, zeroed(1, start=20))
+    changes = feed(engine, zeroed(1, start=20, grad_norm=None))
     assert [(a.opened_step, a.first_step) for a in of(changes, "opened", "stall")] == [(20, 11)]
 
 
 def test_one_passing_step_inside_a_stall_does_not_resolve_it() -> None:
     engine = AlertEngine(AlertConfig(stall_steps=10, resolve_after=5))
-    steps = zeroed(10, start=1) + healthy(1, start=11) + zeroed(20, start=12)
+    steps = (zeroed(10, start=1, grad_norm=None) + healthy(1, start=11)
+             + zeroed(20, start=12, grad_norm=None))
     changes = feed(engine, steps)
     assert len(of(changes, "opened", "stall")) == 1
     assert of(changes, "resolved", "stall") == []
@@ -138,9 +158,9 @@ def test_zero_grad_while_loss_positive_stalls_on_grad_norm() -> None:
     engine = AlertEngine(AlertConfig(stall_steps=5))
     changes = feed(engine, make_steps(8, start=1, loss=2.5, loss_used=2.5, grad_norm=0.0))
     assert [(a.rule, a.series, a.opened_step, a.first_step) for a in of(changes, "opened")] == [
-        ("stall", "grad_norm", 5, 1)]
+        ("stall", "grad_norm", 1, 1)]  # exactly 0 with a positive loss: at once
     (alert,) = engine.open_alerts()
-    assert alert.count == 4 and alert.details["loss"] == 2.5
+    assert alert.count == 8 and alert.details["loss"] == 2.5
     assert alert.message == (
         "Silent stall: the gradient norm before clipping was 0 for 8 consecutive steps since "
         "step 1 while the raw loss was 2.5 > 0. The loss does not reach any trainable parameter."
@@ -251,7 +271,7 @@ def test_no_storm_a_thousand_stalled_steps_open_one_alert() -> None:
     assert kinds.count(("opened", "stall")) == 1
     assert len(of(changes, "opened")) == 2  # the stall, and the clip warning on step 1
     (stall,) = [a for a in engine.open_alerts() if a.rule == "stall"]
-    assert (stall.count, stall.opened_step, stall.last_step) == (991, 10, 1000)
+    assert (stall.count, stall.opened_step, stall.last_step) == (1000, 1, 1000)
     assert stall.details["streak"] == 1000
 
 
@@ -265,10 +285,10 @@ def test_load_open_continues_an_alert_after_restart() -> None:
     changes = feed(after, zeroed(1, start=13))
     assert of(changes, "opened") == []
     stall = next(a for a in of(changes, "updated") if a.rule == "stall")
-    assert (stall.opened_step, stall.first_step, stall.count, stall.last_step) == (10, 1, 4, 13)
+    assert (stall.opened_step, stall.first_step, stall.count, stall.last_step) == (1, 1, 13, 13)
     assert sorted(a.series for a in after.open_alerts()) == ["loss", "loss_used"]
     after.load_open(saved)  # the live alerts win over the stale copies
-    assert [a.count for a in after.open_alerts() if a.rule == "stall"] == [4]
+    assert [a.count for a in after.open_alerts() if a.rule == "stall"] == [13]
 
 
 def test_ranks_and_runs_are_separate_and_forget_drops_a_run() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from trainvitals.protocol import Step, TensorStats
 from trainvitals.server.alerts import AlertConfig, AlertEngine
-from trainvitals.server.alerts.headroom import headroom, slope
+from trainvitals.server.alerts.rules.headroom import headroom, slope
 
 F32 = math.log(3.4028234663852886e38)  # 88.72
 F16 = math.log(65504.0)  # 11.09
@@ -29,11 +29,12 @@ def rising(start: float, rate: float, n: int = 10) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize(("mx", "limit", "dtype", "severity"), [
-    (58.0, F32, "float32", None),  # 30.7 left of 88.7: more than 25%
-    (68.0, F32, "float32", "warning"),  # 20.7 left: under 25% (22.2)
+    (40.0, F32, "float32", None),  # 48.7 left of 88.7: exp(40)² = 5.5e34 still fits
+    (58.0, F32, "float32", "warning"),  # 30.7 left: under 50% (44.4): exp(58)² overflows
     (85.0, F32, "float32", "critical"),  # 3.7 left: under 5% (4.4)
     (0.0, F16, "float16", None),  # exp(0) = 1 in float16: fine, though only 11.1 is left
-    (8.5, F16, "float16", "warning"),  # 2.59 left of 11.09: under 25% (2.77)
+    (5.0, F16, "float16", None),  # exp(5)² = 22,026 fits float16's 65,504
+    (6.0, F16, "float16", "warning"),  # exp(6)² = 162,755 does not: under 50% (5.55)
     (10.8, F16, "float16", "critical"),  # 0.29 left: under 5% (0.55)
 ])
 def test_level_is_a_fraction_of_the_dtypes_margin(mx: float, limit: float, dtype: str,
@@ -119,10 +120,11 @@ def test_settings_carry_the_headroom_limits_and_refuse_a_critical_above_the_warn
 
     from trainvitals.server import Settings
 
-    settings = Settings(headroom_warning=0.5, headroom_critical=0.1, headroom_horizon=50)
+    assert Settings().headroom_warning == 0.5
+    settings = Settings(headroom_warning=0.25, headroom_critical=0.1, headroom_horizon=50)
     assert (settings.headroom_warning, settings.headroom_critical,
-            settings.headroom_horizon) == (0.5, 0.1, 50)
+            settings.headroom_horizon) == (0.25, 0.1, 50)
     with pytest.raises(ValidationError, match="must not exceed headroom_warning"):
-        Settings(headroom_critical=0.3)
+        Settings(headroom_critical=0.6)
     with pytest.raises(ValidationError):
         Settings(headroom_warning=1.0)

@@ -7,8 +7,8 @@ import math
 from trainvitals.protocol import Step
 from trainvitals.protocol.series import step_values
 from trainvitals.server.alerts import AlertConfig, AlertEngine
-from trainvitals.server.alerts.learning import learned
-from trainvitals.server.alerts.normalisation import normalisation
+from trainvitals.server.alerts.rules.no_learning import learned
+from trainvitals.server.alerts.rules.normalisation import normalisation
 
 
 def at(n: int, **scalars: float) -> Step:

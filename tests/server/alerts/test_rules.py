@@ -8,9 +8,12 @@ from trainvitals.protocol import ClipEvent, Step, TensorStats
 from trainvitals.protocol.series import step_values
 from trainvitals.server.alerts import AlertConfig, Threshold
 from trainvitals.server.alerts.memory import Streak, grad_stalled, loss_stalled
-from trainvitals.server.alerts.nonfinite import nonfinite
-from trainvitals.server.alerts.rules import clip, observed, stall, threshold
-from trainvitals.server.alerts.spike import baseline, spike
+from trainvitals.server.alerts.registry import observed
+from trainvitals.server.alerts.rules.clip import clip
+from trainvitals.server.alerts.rules.nonfinite import nonfinite
+from trainvitals.server.alerts.rules.spike import baseline, spike
+from trainvitals.server.alerts.rules.stall import stall
+from trainvitals.server.alerts.rules.threshold import threshold
 
 
 def at(n: int = 1, **fields: object) -> Step:
