@@ -19,7 +19,8 @@ INCIDENT_COLUMNS = ("kind", "severity", "state", "onset_step", "rank", "opened_s
 
 def incident_values(incident: Incident) -> tuple[Any, ...]:
     """The values of ``INCIDENT_COLUMNS`` for ``incident``."""
-    body = {"evidence": [_evidence(e) for e in incident.evidence], "facts": incident.facts}
+    body = {"evidence": [_evidence(e) for e in incident.evidence], "facts": incident.facts,
+            "escalated_step": incident.escalated_step}
     return (incident.kind, incident.severity, incident.state, incident.onset_step,
             incident.rank, incident.opened_step, incident.last_step, incident.resolved_step,
             incident.headline, incident.remedy, dumps_json(body))
@@ -34,7 +35,8 @@ def incident_from_row(run: str, number: int, row: tuple[Any, ...]) -> Incident:
     return Incident(run=run, number=number, kind=kind, severity=severity, state=state,
                     onset_step=onset, rank=rank, opened_step=opened, last_step=last,
                     resolved_step=resolved, headline=headline, remedy=remedy,
-                    evidence=evidence, facts=decode_details(data.get("facts", {})))
+                    evidence=evidence, facts=decode_details(data.get("facts", {})),
+                    escalated_step=data.get("escalated_step"))
 
 
 def _evidence(e: Evidence) -> dict[str, Any]:

@@ -30,6 +30,7 @@ SCRIPTS = {
     "memory": ["memory.py", "--quick"],
     "gpu_none": ["gpu_overhead.py"],
     "gpu_dry": ["gpu_overhead.py", "--cpu-dry-run", "--quick", "--workloads", "convnet"],
+    "diagnosis": ["diagnosis.py", "--only", "guard_stall", "healthy_plain"],
 }
 
 
@@ -120,6 +121,15 @@ def test_longrun_keeps_every_spike(launched) -> None:
     kept, wanted = body[2][6].split("/")  # the zoomed range: per column its extremes
     assert kept == wanted and int(wanted) > 300
     assert body[3][5] == "200,000"
+
+
+def test_diagnosis_judges_each_case_and_level_as_the_suite_does(launched) -> None:
+    out = finish(launched["diagnosis"])
+    judged = {(r[0], r[1]): r[-1] for r in rows(out) if len(r) == 8 and r[1] in (
+        "minimal", "everything", "attach")}
+    assert set(judged) == {(c, lv) for c in ("guard_stall", "healthy_plain")
+                           for lv in ("minimal", "everything", "attach")}
+    assert set(judged.values()) == {"ok"}, judged
 
 
 def test_memory_reports_server_and_plugin(launched) -> None:

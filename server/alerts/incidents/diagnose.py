@@ -37,6 +37,8 @@ FLOAT16_LIMIT = 11.09  # ln(65504): the headroom margin of a float16 tensor
 LR_JUMP = 10.0  # a change of the learning rate by this factor or more explains a spike
 LR_LOOKBACK = 3  # steps before the onset in which such a change explains it
 TRACE_HINT = "switch on watch(model, op_trace=True) to learn the op and line"
+BACKWARD_HINT = ("an op whose gradient is infinite where the forward is not, such as sqrt, "
+                 "pow or a norm at 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +62,59 @@ Reader = Callable[[Sequence[Evidence], Sequence[StepFacts]], "_What | None"]
 
 
 def diagnose(evidence: Sequence[Evidence], history: Sequence[StepFacts],
-             onset: int, rank: int, world: int, known_why: str = "") -> Diagnosis:
+             onset: int, rank: int, world: int, known_why: str | None = None,
+             escalated: bool = False, known_what: str | None = None) -> Diagnosis:
     """The diagnosis of an incident whose ``evidence`` is root first; ``history`` holds the
     root rank's recent steps (oldest first), ``world`` the number of ranks seen on the run.
-    Once the onset has left ``history``, ``known_why`` (the facts' ``why`` of the last
-    diagnosis) is kept."""
-    what = next(w for reader in READERS if (w := reader(evidence, history)) is not None)
+    ``known_why`` is what the last diagnosis of the same onset found before it (kept: the steps
+    before the onset leave ``history``)."""
+    at_onset = [e for e in evidence if e.first_step <= onset] or list(evidence)
+    what: _What = _read(at_onset, history)
+    first_what = what.text
+    if escalated and known_what:  # the warning as it read when it opened, not as it reads now
+        what = _What(what.kind, known_what, what.facts)
+    then = _then(evidence, history, onset, what, escalated)
+    if then is not None:
+        what = _What(then.kind, f"{what.text}; then {then.text}", {**what.facts, **then.facts})
     # What changed before the onset is read while the onset and its predecessors are still
-    # in the history; afterwards the words found then are kept.
-    why = _why(evidence, history, onset, what.kind) or known_why
+    # in the history, once; afterwards the words found then are kept.
+    why = known_why if known_why is not None else _why(evidence, history, onset, what.kind)
     kind = "lr_spike" if why.startswith("the learning rate") and what.kind in _LR_EFFECTS \
         else what.kind
-    where = f" on rank {rank}" if world > 1 else ""
-    headline = f"{what.text}{where}" + (f" — {why}" if why else "") + "."
+    where = f"Rank {rank}: " if world > 1 else ""
+    headline = f"{where}{what.text}" + (f" — {why}" if why else "")
+    headline += "" if headline.endswith(("?", ".")) else "."
     spread = sorted({e.rank for e in evidence} - {rank})
     if spread:
         headline += f" It reached rank{'s' if len(spread) > 1 else ''} " \
                     f"{', '.join(map(str, spread))} too."
     return Diagnosis(kind, headline, remedy_for(kind),
-                     {**what.facts, "onset": onset, "why": why})
+                     {**what.facts, "onset": onset, "why": why,
+                      "what": known_what if escalated and known_what else first_what})
 
 
 # --------------------------------------------------------------------------- what happened
+
+
+def _read(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -> _What:
+    """What the first reader that understands ``evidence`` says (the last always answers)."""
+    return next(w for reader in READERS if (w := reader(evidence, history)) is not None)
+
+
+def _then(evidence: Sequence[Evidence], history: Sequence[StepFacts], onset: int,
+          what: _What, escalated: bool) -> _What | None:
+    """What followed the onset when it is news: a warning that became critical (an overflow
+    risk that overflowed), or the op a forward re-run found a step after the onset."""
+    later = [e for e in evidence if e.first_step > onset]
+    critical = [e for e in later if e.severity == "critical"]
+    if escalated and critical:
+        first = min(e.first_step for e in critical)
+        found = _read([e for e in evidence if e.first_step <= onset or e.first_step == first],
+                      history)
+        return found if found.text != what.text else None
+    ops = [e for e in later if e.series == "origin" and "origin_op" in e.details]
+    op = _what_op(ops, history) if ops and "op" not in what.facts else None
+    return None if op is None else _What(what.kind, op.text, op.facts)
 
 
 def _what_op(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -> _What | None:
@@ -106,20 +139,31 @@ def _what_origin(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -> 
         if e.series != "origin":
             continue
         d, at = e.details, _step(e.details)
-        module, param = d.get("origin_module"), d.get("origin_param")
+        module = d.get("origin_module")
         kind_of = f" ({d['origin_module_type']})" if d.get("origin_module_type") else ""
         if d.get("origin_stage") == "input":
             return _What("bad_input", f"the inputs of {module}{kind_of} were already "
                          f"{_made(d)} at step {at} (the data, not the model)",
                          {"module": str(module)})
         if d.get("origin_stage") == "backward" or module is None:
-            first = f"; the first bad gradient: {param}" if param else ""
-            return _What("nonfinite_backward", f"only the backward pass went {_made(d)} at step "
-                         f"{at}: the forward was finite{first} ({TRACE_HINT})",
-                         {"param": str(param or "")})
+            continue  # the backward's own reader speaks, after the loss's
         kind = "float16_overflow" if _float16(evidence) else "nonfinite_module"
         return _What(kind, f"{module}{kind_of} first made {_made(d)} at step {at} "
                      f"({TRACE_HINT})", {"module": str(module)})
+    return None
+
+
+def _what_backward(evidence: Sequence[Evidence],
+                   history: Sequence[StepFacts]) -> _What | None:
+    for e in evidence:
+        d = e.details
+        if e.series == "origin" and (d.get("origin_stage") == "backward"
+                                     or d.get("origin_module") is None):
+            param = d.get("origin_param")
+            first = f"; the first bad gradient: {param}" if param else ""
+            return _What("nonfinite_backward", f"only the backward pass went {_made(d)} at step "
+                         f"{_step(d)}: the forward was finite{first} ({BACKWARD_HINT})",
+                         {"param": str(param or "")})
     return None
 
 
@@ -145,7 +189,8 @@ def _what_overflowed_tensor(evidence: Sequence[Evidence],
                             history: Sequence[StepFacts]) -> _What | None:
     """A tensor logged with ``feeds_exp`` whose max passed (or neared) exp's limit, when
     something went non-finite or stalled behind it."""
-    if not any(e.rule in ("nonfinite", "stall", "clip", "spike") for e in evidence):
+    harm = [e.first_step for e in evidence if e.rule in ("nonfinite", "stall", "clip", "spike")]
+    if not harm:
         return None
     for e in evidence:
         if e.rule != "headroom":
@@ -157,7 +202,7 @@ def _what_overflowed_tensor(evidence: Sequence[Evidence],
         passed = isinstance(peak, float) and isinstance(limit, float) and peak >= limit
         verb = "passed" if passed else "came within reach of"
         return _What(kind, f"{name} ({dtype}) max {_num(peak)} {verb} exp's overflow at "
-                     f"{_num(limit)} (from step {text.step(e.first_step)})",
+                     f"{_num(limit)} at step {text.step(min(harm))}",
                      {"tensor": name, "dtype": dtype})
     return None
 
@@ -186,8 +231,11 @@ def _what_nonfinite_loss(evidence: Sequence[Evidence],
         if e.rule != "nonfinite" or parse_series(e.series).kind not in ("top", "component"):
             continue
         if e.series in ("grad_norm", "grad_norm_post"):
+            if any(x.series == "origin" for x in evidence):
+                return None  # the watch knows the first bad parameter: its reader speaks
             return _What("nonfinite_backward", f"the gradients went {_value(e)} at step "
-                         f"{text.step(e.first_step)} while the loss was finite ({TRACE_HINT})")
+                         f"{text.step(e.first_step)} while the loss was finite ({BACKWARD_HINT}"
+                         f"; watch(model) names the first bad parameter)")
         components = [parse_series(x.series).name for x in evidence
                       if x.rule == "nonfinite" and x.series.startswith("loss/")]
         part = f" (component {', '.join(components)})" if components else ""
@@ -236,11 +284,21 @@ def _what_spike(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -> _
         if e.rule != "spike":
             continue
         d = e.details
-        short = e.state == "resolved" and e.count == 1
-        kind = "bad_batch" if short else "loss_spike"
-        shape = (" for one step, then back to normal: one bad batch?" if short else "")
-        return _What(kind, f"the raw loss spiked at step {text.step(e.first_step)}: "
-                     f"{_num(d.get('median'))} → {_num(d.get('loss'))}{shape}")
+        return _What("loss_spike", f"the raw loss spiked at step {text.step(e.first_step)}: "
+                     f"{_num(d.get('median'))} → {_num(d.get('loss'))}")
+    return None
+
+
+def _what_one_bad_step(evidence: Sequence[Evidence],
+                       history: Sequence[StepFacts]) -> _What | None:
+    """A loss spike that held one step and was gone the next: the shape of one bad batch."""
+    for e in evidence:
+        if e.rule == "spike" and e.state == "resolved" and e.count == 1:
+            d = e.details
+            return _What("bad_batch", f"the raw loss spiked for one step at step "
+                         f"{text.step(e.first_step)} ({_num(d.get('median'))} → "
+                         f"{_num(d.get('loss'))}) and was back to normal the next: one bad "
+                         "batch?")
     return None
 
 
@@ -258,10 +316,10 @@ def _what_headroom(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -
         if e.rule == "headroom":
             name = parse_series(e.series).name
             dtype = _dtype(evidence, name, e.details.get("limit"))
-            return _What("overflow_risk", f"{name} ({dtype}) is close to exp overflow from step "
-                         f"{text.step(e.first_step)}: max {_num(e.details.get('max'))}, "
-                         f"{_num(e.details.get('headroom'))} left of "
-                         f"{_num(e.details.get('limit'))}", {"tensor": name, "dtype": dtype})
+            return _What("overflow_risk", f"{name} ({dtype}) is close to exp overflow at step "
+                         f"{text.step(e.first_step)}: max {_num(e.details.get('max'))} leaves "
+                         f"{_num(e.details.get('headroom'))} of {_num(e.details.get('limit'))}",
+                         {"tensor": name, "dtype": dtype})
     return None
 
 
@@ -273,8 +331,8 @@ def _what_else(evidence: Sequence[Evidence], history: Sequence[StepFacts]) -> _W
 
 READERS: tuple[Reader, ...] = (
     _what_op, _what_origin, _what_denominator, _what_overflowed_tensor, _what_nonfinite_tensor,
-    _what_nonfinite_loss, _what_stall, _what_explosion, _what_spike, _what_module,
-    _what_headroom, _what_else,
+    _what_nonfinite_loss, _what_backward, _what_stall, _what_one_bad_step, _what_explosion,
+    _what_spike, _what_module, _what_headroom, _what_else,
 )
 
 # --------------------------------------------------------------------------- why
@@ -290,7 +348,8 @@ def _why(evidence: Sequence[Evidence], history: Sequence[StepFacts], onset: int,
     if jump is not None and kind in _LR_EFFECTS:
         before, after, at = jump
         return f"the learning rate jumped {_num(before)} → {_num(after)} at step {text.step(at)}"
-    if kind in ("loss_spike", "bad_batch", "guard_stall", "overflow", "float16_overflow"):
+    if kind in ("loss_spike", "bad_batch", "guard_stall", "overflow", "float16_overflow",
+                "grad_explosion"):
         return _component_jump(history, onset)
     return ""
 
@@ -316,15 +375,21 @@ def _component_jump(history: Sequence[StepFacts], onset: int) -> str:
     if not before or at is None:
         return ""
     prev = before[-1]
+    if set(prev.components) - set(at.components) or not all(
+            math.isfinite(v) for v in at.components.values()):
+        return ""  # a component went missing or non-finite: no jump to attribute
     rises = {name: at.components[name] - prev.components.get(name, 0.0)
-             for name in at.components if math.isfinite(at.components[name])}
-    total = sum(v for v in at.components.values() if math.isfinite(v))
-    if not rises or not total > 0:
-        return ""
+             for name in at.components}
+    total = sum(at.components.values())
     name = max(rises, key=lambda n: rises[n])
-    share = at.components[name] / total
-    return (f"{name} {_num(prev.components.get(name, math.nan))} → "
-            f"{_num(at.components[name])}, {text.percent(share)} of the loss")
+    share = at.components[name] / total if total > 0 else 0.0
+    if not rises[name] > 0 or share < 0.5:
+        return ""  # no one component made the jump
+    if name not in prev.components:
+        return (f"{name} appeared at {_num(at.components[name])}, {text.percent(share)} of the "
+                "loss")
+    return (f"{name} {_num(prev.components[name])} → {_num(at.components[name])}, "
+            f"{text.percent(share)} of the loss")
 
 
 # --------------------------------------------------------------------------- words
@@ -361,7 +426,7 @@ def _is_f16(limit: object) -> bool:
 
 def _dtype(evidence: Sequence[Evidence], name: str, limit: object) -> str:
     for e in evidence:
-        if e.series == f"tensor/{name}" and e.details.get("dtype"):
+        if e.series in (f"tensor/{name}", f"tensor/{name}/headroom") and e.details.get("dtype"):
             return str(e.details["dtype"])
     if _is_f16(limit):
         return "float16"

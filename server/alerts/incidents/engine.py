@@ -176,10 +176,13 @@ class IncidentEngine:
         root = incident.evidence[0]
         severity = _worst(incident.evidence)
         state = incident.state
+        escalated_step = incident.escalated_step
         if kind != "opened" and _RANK[severity] > _RANK[incident.severity]:
             state, kind = "escalated", "escalated"
+            escalated_step = step  # the step whose findings made it critical
         incident = replace(incident, onset_step=root.first_step, rank=root.rank,
-                           severity=severity, state=state, last_step=step)
+                           severity=severity, state=state, last_step=step,
+                           escalated_step=escalated_step)
         incident = self._diagnosed(incident)
         if all(e.state == "resolved" for e in incident.evidence):
             incident = replace(incident, state="resolved", resolved_step=step)
@@ -196,7 +199,8 @@ class IncidentEngine:
             found: Diagnosis = diagnose(
                 incident.evidence, self._recent.of(incident.run, incident.rank),
                 incident.onset_step, incident.rank, self._recent.ranks(incident.run),
-                known_why=str(incident.facts.get("why", "")))
+                known_why=_known_why(incident), escalated=incident.state == "escalated",
+                known_what=_known(incident, "what"))
         except Exception:  # odd evidence must not stop ingest; the old words stay
             self.errors += 1
             log.exception("diagnosing incident %d of run %r failed", incident.number,
@@ -206,6 +210,19 @@ class IncidentEngine:
                 headline=incident.evidence[0].message)
         return replace(incident, kind=found.kind, headline=found.headline,
                        remedy=found.remedy, facts=found.facts)
+
+
+def _known_why(incident: Incident) -> str | None:
+    """The why found for this onset before, if any (None: look again)."""
+    return _known(incident, "why")
+
+
+def _known(incident: Incident, fact: str) -> str | None:
+    """A fact the last diagnosis of this same onset found (None: none, or another onset)."""
+    facts = incident.facts
+    if fact not in facts or facts.get("onset") != incident.onset_step:
+        return None
+    return str(facts[fact])
 
 
 def _worst(evidence: Iterable[Evidence]) -> Severity:

@@ -51,7 +51,9 @@ class Incident:
     ``guard_stall``, ``lr_spike``, … see docs/alerts.md); ``onset_step`` and ``rank`` are where
     the root finding began; ``evidence`` is every finding that followed, root first.
     ``state`` is ``open``, ``escalated`` (its severity rose after it opened) or ``resolved``
-    (none of its findings holds any more; it stays visible).
+    (none of its findings holds any more; it stays visible). An incident that opened as a
+    warning (an overflow risk) and escalated says when in ``escalated_step``: the warning came
+    first, the failure then.
     """
 
     run: str
@@ -68,6 +70,7 @@ class Incident:
     remedy: str
     evidence: tuple[Evidence, ...]
     facts: Details = field(default_factory=dict)
+    escalated_step: int | None = None  # when a warning became critical (it then failed)
 
     @property
     def key(self) -> tuple[str, int]:

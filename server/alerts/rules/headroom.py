@@ -74,7 +74,7 @@ def _level(step: Step, name: str, stats: TensorStats, margin: float,
         f"{text.value(margin)} (less than {text.percent(fraction)} of the margin)."
     )
     details: Details = {"headroom": room, "max": stats.max, "limit": margin,
-                        "fraction": fraction}
+                        "fraction": fraction, "dtype": stats.dtype}
     return Finding("headroom", tensor_series(name, "headroom"), severity, message, details,
                    step.step)
 
@@ -99,9 +99,11 @@ def _trend(step: Step, name: str, stats: TensorStats, margin: float,
         f"steps (max {text.value(stats.max)}, headroom {text.value(room)})."
     )
     details: Details = {"headroom": room, "max": stats.max, "limit": margin, "slope": rate,
-                        "steps_left": steps_left, "rises": rises, "window": len(points)}
+                        "steps_left": steps_left, "rises": rises, "window": len(points),
+                        "dtype": stats.dtype}
+    # first_step is this step, when the trend became clear — not the start of the window
     return Finding("headroom", tensor_series(name, "headroom"), "warning", message, details,
-                   points[0][0])
+                   step.step)
 
 
 def _tensor(name: str, stats: TensorStats) -> str:

@@ -107,7 +107,7 @@ def test_a_nan_made_on_rank_1_and_all_reduced_into_rank_0_is_one_incident_of_ran
            components={"points": NAN})
     (incident,) = p.all()
     assert (incident.rank, incident.onset_step, incident.ranks) == (1, 20, [1, 0])
-    assert "on rank 1" in incident.headline and "reached rank 0" in incident.headline
+    assert incident.headline.startswith("Rank 1: ") and "reached rank 0" in incident.headline
 
 
 def test_a_spike_right_after_the_lr_jumped_names_the_learning_rate() -> None:
@@ -158,6 +158,7 @@ def test_an_overflow_risk_that_overflows_escalates_the_same_incident() -> None:
     (incident,) = p.all()
     assert (incident.state, incident.severity, incident.kind) == ("escalated", "critical",
                                                                   "float16_overflow")
+    assert (incident.onset_step, incident.escalated_step) == (0, 8)
     assert "depth_raw (float16)" in incident.headline
 
 
