@@ -246,6 +246,7 @@ class Monitor:
             return self.stats()
         self._closed = True
         atexit.unregister(self._close_at_exit)
+        self._send_unfinished_step()
         self._send_late_origins(timeout)
         self._seq += 1
         self._send(RunEnd(run=self.run, session=self.session, rank=self.rank, seq=self._seq,
@@ -268,6 +269,16 @@ class Monitor:
 
     def _close_at_exit(self) -> None:
         self.close(status="crashed", reason="process exited without Monitor.close()")
+
+    def _send_unfinished_step(self) -> None:
+        """A trainer that stops mid-step (it raises at a NaN loss before ``log_step``) leaves
+        what it staged — tensor statistics, the clip event, the watch's values — unsent: end
+        that step with it, numbered after the last, so the step that went wrong is seen."""
+        unfinished = bool(self._tensors) or self._guard is not None or len(self._staging) > 0 \
+            or self._watches.recorded()
+        if unfinished:
+            last = self._watches.last_step
+            self.log_step(0 if last is None else last + 1)
 
     def _send_late_origins(self, timeout: float | None) -> None:
         """Origins that no step record will carry (the trainer stopped at its first non-finite

@@ -216,3 +216,22 @@ def test_sender_reconnects_after_the_server_restarts(
 
     mon.close()
     assert run_row(rest, second, "restarted")["status"] == "finished"
+
+
+def test_a_trainer_that_raises_mid_step_still_sends_what_that_step_staged(
+        server: ServerThread, monitors: MakeMonitor, rest: Rest) -> None:
+    """The original trainer aborts at a NaN loss before it logs the step: close() ends that
+    step with what was staged (the tensor that went NaN, the guard's event)."""
+    mon = monitors("aborts-mid-step", server.ws_url)
+    for step in range(3):
+        mon.tensor("depth", torch.ones(4))
+        mon.clip_guard(torch.tensor(1.0), threshold=10.0)
+        mon.log_step(step)
+    mon.tensor("depth", torch.tensor([1.0, float("nan")]))
+    mon.clip_guard(torch.tensor(float("nan")), threshold=10.0)
+    mon.close(status="crashed", reason="non-finite loss")  # no log_step for step 3
+    rid = next(r["id"] for r in rest(server, "/runs")["runs"] if r["name"] == "aborts-mid-step")
+    nan = rest(server, f"/runs/{rid}/series", name="tensor/depth/nan")["series"][0]
+    assert (nan["steps"], nan["values"]) == ([0, 1, 2, 3], [0.0, 0.0, 0.0, 1.0])
+    (clip,) = [c for c in rest(server, f"/runs/{rid}/clips")["clips"] if c["reason"] == "nan"]
+    assert clip["step"] == 3

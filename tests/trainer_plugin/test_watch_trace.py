@@ -124,3 +124,60 @@ def test_the_recorder_keeps_a_window_of_steps_and_a_few_calls_each() -> None:
     assert not kept.args[0].requires_grad and kept.args[0].data_ptr() == x.data_ptr()
     assert not kept.kwargs["scale"].requires_grad
     assert recorder.get(1, -1) is None
+
+
+class ExpHead(nn.Module):
+    """A point head with its ``exp`` inline in the root module's own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.lin(x)
+        depth: torch.Tensor = torch.exp(raw)  # overflows once raw passes 88.7
+        return depth
+
+
+def test_the_op_is_named_for_the_first_forward_made_value_after_an_earlier_bad_step(
+        rules: str) -> None:
+    """Step 1's loss overflows in its own mean (the model's outputs are finite, its gradients
+    not); step 2's forward overflows in the root's inline exp. The trainer goes on (it skips
+    the update of a step with non-finite gradients, as a GradScaler does): the origin of step 2
+    still names exp and its line."""
+    from trainvitals.protocol import NonFiniteOrigin
+    from trainvitals.trainer_plugin.values.staging import StepStaging
+    from trainvitals.trainer_plugin.watch.modules import ModuleWatch
+
+    torch.manual_seed(0)
+    net = ExpHead()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # steps; its updates change nothing
+    watch = ModuleWatch(net, name="model", op_trace=True)
+    x = torch.ones(2, 3)
+    origins = []
+    for step, bias in enumerate((0.0, 80.0, 95.0)):
+        with torch.no_grad():
+            net.lin.bias.fill_(bias)
+        staging = StepStaging()
+        out = net(x)
+        loss = out.mean() * 1e5  # step 1: Inf in the loss and its gradients, not in exp(80)
+        opt.zero_grad()
+        loss.backward()
+        if all(bool(torch.isfinite(p.grad).all()) for p in net.parameters()):
+            opt.step()
+        frame = watch.seal(staging, "w0")
+        origins.append(watch.judge(frame, staging.seal().wait(), step))
+        traced = watch.poll()  # the device path traces here, at the next log_step
+        if traced is not None:
+            origins[-1] = traced
+    assert origins[0] is None, origins
+    assert isinstance(origins[1], NonFiniteOrigin) and origins[1].stage == "backward", origins
+    late = origins[2]
+    if rules == "cuda rules":  # the device path cannot read the weights without a sync, so it
+        assert late is None    # keeps the episode's first origin (a stated limitation)
+        return
+    assert isinstance(late, NonFiniteOrigin), origins
+    assert (late.step, late.stage, late.op, late.module_type) == (2, "forward", "exp",
+                                                                  "ExpHead")
+    assert late.source == (f"{inspect.getsourcefile(ExpHead)}:"
+                           f"{line_of(ExpHead.forward, 'overflows once')} in forward")

@@ -90,6 +90,7 @@ class HostSteps:
         self.end_queued = False  # a callback at the end of the running backward is queued
         self.localised = False  # this step was re-run already
         self.bad = False  # a model output or a gradient was non-finite (what locate says)
+        self.forward_bad = False  # a model output was non-finite (the forward made it)
 
     def __len__(self) -> int:
         return self.count
@@ -120,6 +121,7 @@ class HostSteps:
         self.segments.append(_Segment([(ROOT, len(inputs), len(outputs))], inputs + outputs))
         self.count += len(inputs) + len(outputs)
         self.bad = self.bad or bad
+        self.forward_bad = self.forward_bad or bad
         return bad
 
     def backward_ends(self) -> bool:

@@ -40,7 +40,13 @@ from trainvitals.protocol import NonFiniteOrigin
 from trainvitals.trainer_plugin.values.devices import reads_now
 from trainvitals.trainer_plugin.values.staging import StepStaging
 from trainvitals.trainer_plugin.watch.host import HostSteps, watched_tensors
-from trainvitals.trainer_plugin.watch.optrace import CallRecorder, record_call, rerun, trace_call
+from trainvitals.trainer_plugin.watch.optrace import (
+    CallRecorder,
+    OpFinding,
+    record_call,
+    rerun,
+    trace_call,
+)
 from trainvitals.trainer_plugin.watch.origin import ROOT, WatchFrame, locate
 
 __all__ = ["MAX_VALUES", "ModuleWatch"]
@@ -84,6 +90,10 @@ class ModuleWatch:
         self._tracing: list[int] | None = None  # the module stack while re-running
         self._host = HostSteps()  # what the CPU path read this step
         self._went_bad = False  # CPU path: the last active step was non-finite
+        self._forward_went_bad = False  # CPU path: ...and its forward made it
+        self._episode_stage = ""  # sender thread: where the current episode began
+        self._early: dict[int, OpFinding] = {}  # CPU path: op traces taken at once, by step
+        self._fresh: set[int] = set()  # CPU path: steps whose forward made the first NaN/Inf
         self._reset()
         self._handles = [model.register_forward_pre_hook(partial(self._before, ROOT),
                                                          with_kwargs=True),
@@ -175,7 +185,7 @@ class ModuleWatch:
             self._values += outputs
             self._calls.append((index, len(inputs), len(outputs)))
         elif not self._full() and self._host.root_ends(output):
-            self._localise()
+            self._localise(forward=True)
 
     def _grad(self, index: int, param: torch.Tensor) -> None:
         grad = param.grad
@@ -195,16 +205,28 @@ class ModuleWatch:
     def _backward_ends(self) -> None:
         try:
             if self._host.backward_ends() and not self.removed:
-                self._localise()
+                self._localise(forward=False)
         except Exception:  # a diagnosis must never break the training's backward pass
             log.exception("trainvitals: reading the gradients failed")
 
-    def _localise(self) -> None:
+    def _localise(self, *, forward: bool) -> None:
         """A non-finite output or gradient: if it starts an episode, re-run the step's forward
-        now, every module hooked, to see where it began (parameters are still as they were)."""
-        if self._went_bad or self._host.localised or self._host.saw_device:
+        now, every module hooked, to see where it began (parameters are still as they were).
+
+        A forward that makes a non-finite value for the first time is located even when the
+        step before went bad elsewhere (a loss that overflowed, NaN gradients): that step's
+        forward was finite, so this is where the model itself first made one."""
+        blocked = self._forward_went_bad if forward else self._went_bad
+        if blocked or self._host.localised or self._host.saw_device:
             return  # the origin of this run of non-finite steps is known, or cannot be
+        if forward and self._went_bad and not self._parameters_finite():
+            return  # the bad step's update made the weights non-finite: a consequence
         self._host.localised = True
+        if forward:
+            if self._went_bad:
+                with self._lock:
+                    self._fresh.add(self._index)
+            self._trace_now()
         self._hook_modules(True)
         try:
             for call in list(self._host.recorded):
@@ -220,17 +242,49 @@ class ModuleWatch:
             self._hook_modules(False)
             self._reset()
 
+    def _parameters_finite(self) -> bool:
+        """CPU path: whether every parameter is finite now (reading is free here)."""
+        with torch.no_grad():
+            return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _trace_now(self) -> None:
+        """CPU path, ``op_trace=True``: trace the op now, before the optimizer changes the
+        parameters (a trace taken steps later may find nothing, or the wrong op)."""
+        call = self._host.recorded[-1] if self._host.recorded else None
+        if self._recorder is None or call is None or not self.may_trace():
+            return
+        found = self._trace(call, self._index)
+        if found is not None:
+            with self._lock:
+                self._early[self._index] = found
+
+    def _trace(self, call: Any, step: int) -> OpFinding | None:
+        """Re-run ``call`` under the op tracer, the module stack naming the module of the op."""
+        hooked = bool(self._module_handles)
+        self._tracing = []
+        self._hook_modules(True)
+        try:
+            return trace_call(self.model, call, self._current_module)
+        except Exception:  # the re-run is a diagnosis: it must never break the training
+            log.exception("trainvitals: the op-level re-run of step %d failed", step)
+            return None
+        finally:
+            self._tracing = None
+            self._hook_modules(hooked or not self.reads_now)
+
     # ------------------------------------------------------------ step boundary
 
     def seal(self, staging: StepStaging, key: str) -> WatchFrame:
         """Stage this step's values (one stacked tensor per device) and start the next step."""
         if self.reads_now:
+            forward_bad = self._host.forward_bad
             calls, values, grads, grad_values, bad = self._host.take()
             frame = WatchFrame(self.names, self.types, self.params, self._index, tuple(calls),
                                tuple(grads), (), len(values) + len(grad_values),
                                tuple(values + grad_values))
             if frame.active:
                 self._went_bad = bad  # what judge() will find: locate(frame) is not None
+                self._forward_went_bad = forward_bad
         else:
             frame = self._stage(staging, key)
         self._index += 1
@@ -257,15 +311,28 @@ class ModuleWatch:
             return None  # no forward or backward since the last step: says nothing
         found = locate(frame, frame.values(staged))
         with self._lock:
-            if found is None or self._episode:
-                self._episode = found is not None
+            early = self._early.pop(frame.index, None)
+            self._early = {i: f for i, f in self._early.items() if i > frame.index}
+            fresh = frame.index in self._fresh
+            self._fresh = {i for i in self._fresh if i > frame.index}
+            if found is None:
+                self._episode = False
                 return None
-            self._episode = True
+            # Inside a run of non-finite steps only the first forward-made value is news: the
+            # run may have begun elsewhere (the loss, the gradients) with a finite forward.
+            # (The CPU path knows it: the weights were still finite. The device path cannot
+            # read them without a sync, so it keeps the episode's first origin.)
+            if self._episode and not (fresh and found.stage == "forward"
+                                      and self._episode_stage != "forward"):
+                return None
+            self._episode, self._episode_stage = True, found.stage
             origin = NonFiniteOrigin(step=step, kind=found.kind, stage=found.stage,
                                      module=found.module, module_type=found.module_type,
                                      param=found.param)
             if self._recorder is not None and not self._traced and found.stage == "forward":
                 self._traced = True  # once per run
+                if early is not None:  # the CPU path traced it before the optimizer step
+                    return self._with_op(origin, early)
                 self._request = _TraceRequest(frame.index, found.call, origin)
             return origin
 
@@ -285,25 +352,17 @@ class ModuleWatch:
             log.warning("trainvitals: the inputs of step %d are no longer kept (trace_window="
                         "%d); no op-level trace", request.origin.step, self._recorder.window)
             return None
-        self._tracing = []
-        self._hook_modules(True)  # the module stack names the module of the op
-        try:
-            found = trace_call(self.model, call, self._current_module)
-        except Exception:  # the re-run is a diagnosis: it must never break the training
-            log.exception("trainvitals: the op-level re-run of step %d failed",
-                          request.origin.step)
-            return None
-        finally:
-            self._tracing = None
-            self._hook_modules(not self.reads_now)
+        found = self._trace(call, request.origin.step)
         if found is None:
             log.warning("trainvitals: re-running step %d produced no non-finite value from "
                         "finite inputs (parameters changed since?)", request.origin.step)
             return None
-        module = request.origin.module if found.module is None else self.names[found.module]
-        module_type = (request.origin.module_type if found.module is None
-                       else self.types[found.module])
-        return replace(request.origin, kind=found.kind, module=module, module_type=module_type,
+        return self._with_op(request.origin, found)
+
+    def _with_op(self, origin: NonFiniteOrigin, found: OpFinding) -> NonFiniteOrigin:
+        module = origin.module if found.module is None else self.names[found.module]
+        module_type = origin.module_type if found.module is None else self.types[found.module]
+        return replace(origin, kind=found.kind, module=module, module_type=module_type,
                        op=found.op, source=found.source)
 
     def _current_module(self) -> int | None:

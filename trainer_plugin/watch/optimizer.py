@@ -134,6 +134,11 @@ def _named_groups(optimizer: torch.optim.Optimizer,
                   model: torch.nn.Module | None) -> list[tuple[str, list[torch.Tensor]]]:
     if model is None:
         return [(f"group{i}", list(g["params"])) for i, g in enumerate(optimizer.param_groups)]
+    # A DistributedDataParallel / DataParallel wrapper has one child, ``module``: name the
+    # model's own top-level modules instead (``depth_head``, not ``module``).
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel,
+                             torch.nn.DataParallel)):
+        model = model.module
     groups: list[tuple[str, list[torch.Tensor]]] = [
         (name, list(child.parameters())) for name, child in model.named_children()]
     own: list[torch.Tensor] = list(model.parameters(recurse=False))

@@ -125,6 +125,10 @@ class WatchSet:
         self._sealed += 1
         return WatchedStep(names, frames, traced, self._outbox)
 
+    def recorded(self) -> bool:
+        """Whether a module watch recorded anything since the last ``seal`` (a step under way)."""
+        return any(w.recorded() for w in self._modules if not w.removed) or bool(self._scalars)
+
     def finish(self, timeout: float) -> list[NonFiniteOrigin]:
         """At close: origins that no step record will carry any more.
 

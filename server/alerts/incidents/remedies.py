@@ -10,7 +10,8 @@ __all__ = ["DOCS", "REMEDIES", "remedy_for"]
 DOCS = "docs/alerts.md#what-to-try"
 REMEDIES: dict[str, str] = {
     "overflow": "clamp the pre-activation before exp (exp(z.clamp(max=15))), or use softplus / "
-                "predict log-depth",
+                "predict log-depth (`trainvitals demo`'s softplus twin recovers from the same "
+                "spike)",
     "float16_overflow": "compute this part in bfloat16 or float32, or scale the loss with a "
                         "GradScaler",
     "domain": "clamp the argument inside the op's domain (acos: [-1+ε, 1-ε]; log/sqrt: "
