@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,11 +145,13 @@ def _database(url: str) -> str:
 
 def _stored_token(data_dir: Path) -> str:
     """The ingest token kept in the data dir (made on first use), so restarts keep it."""
+    from trainvitals.server.security import new_token
+
     path = data_dir / "ingest-token"
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
+    token = new_token()
     path.touch(mode=0o600)
     path.write_text(token + "\n")
     print(f"trainvitals: new ingest token written to {path}", flush=True)

@@ -8,7 +8,6 @@ per run and, on the Accelerate trainer of ``accelerate_train``, one ``trainvital
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from trainvitals import Monitor
 from trainvitals.demo.accelerate_train import train_accelerate
 from trainvitals.demo.train import DemoConfig, DemoResult, Progress
 from trainvitals.server import ServerThread, Settings
+from trainvitals.server.security import new_token
 
 __all__ = ["VARIANTS", "run_demo", "variant_config"]
 
@@ -47,7 +47,7 @@ def run_demo(*, port: int, data_dir: Path, variants: Sequence[str], steps: int |
     """Serve, train each variant against the server, then keep serving unless told not to."""
     configs = {v: variant_config(v, steps) for v in variants}
     settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir,
-                        ingest_token=secrets.token_urlsafe(24))
+                        ingest_token=new_token())
     server = _start(settings)
     print(f"\ntrainvitals demo — dashboard: {server.http_url}/   (data in {data_dir})\n",
           flush=True)

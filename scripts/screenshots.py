@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from trainvitals import Monitor
 from trainvitals.demo.launch import variant_config
 from trainvitals.demo.train import train
 from trainvitals.server import ServerThread, Settings
+from trainvitals.server.security import new_token
 
 RUNS = {"demo-exp": "exp", "demo-softplus": "softplus"}  # run name -> demo variant
 VIEWPORT = {"width": 1600, "height": 1150}
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="trainvitals-shots-") as data:
-        settings = Settings(port=0, data_dir=Path(data), ingest_token=secrets.token_urlsafe(16),
+        settings = Settings(port=0, data_dir=Path(data), ingest_token=new_token(16),
                             log_alerts=False)
         with ServerThread(settings) as server:
             ids = {name: train_run(server, settings, name, variant, args.steps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import secrets
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -20,8 +21,16 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-__all__ = ["SECURITY_HEADERS", "origin_allowed", "presented_token", "redact_tokens_in_logs",
-           "redact_url", "refuse", "token_ok"]
+__all__ = [
+    "SECURITY_HEADERS",
+    "new_token",
+    "origin_allowed",
+    "presented_token",
+    "redact_tokens_in_logs",
+    "redact_url",
+    "refuse",
+    "token_ok",
+]
 
 SECURITY_HEADERS = {
     # plotly.js injects <style> elements, hence 'unsafe-inline' for styles only; no inline script.
@@ -37,6 +46,15 @@ PATH_LOGGERS = ("uvicorn.error", "uvicorn.access")
 _SECRET = re.compile(r"(?i)((?:^|[?&;\s])token=|bearer\s+)[^&\s\"']+")
 # The password in a URL's user info: scheme://user:PASSWORD@host
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*(@)")
+
+
+def new_token(nbytes: int = 24) -> str:
+    """A random URL-safe token that never starts with ``-``: a command line would read such a
+    value (``--token -abc…``) as an option of its own."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
 
 
 def redact_url(text: str) -> str:

@@ -148,3 +148,30 @@ def test_sync_does_not_need_torch(tmp_path: Path) -> None:
                          timeout=120)
     assert out.stdout.splitlines()[-1] == "0 False", out.stderr
     assert "no spool files" in out.stderr
+
+
+def test_a_token_that_starts_with_a_dash_is_passed_as_token_equals_value(
+        dead_url: str, monitors: MakeMonitor, start_server: Callable[..., ServerThread],
+        rest: Rest, tmp_path: Path) -> None:
+    dashed = "-dash-first-token-Ab3"
+    mon = monitors("dashed", dead_url, close_timeout=0.3)
+    train(mon, range(3))
+    mon.close()
+    srv = start_server(ingest_token=dashed)
+    spaced = subprocess.run([sys.executable, "-m", "trainvitals.cli", "sync",
+                             str(tmp_path / "spool"), "--server", srv.ws_url, "--token", dashed],
+                            capture_output=True, text=True, timeout=300)
+    assert spaced.returncode == 2 and "expected one argument" in spaced.stderr  # argparse's
+    done = subprocess.run([sys.executable, "-m", "trainvitals.cli", "sync",
+                           str(tmp_path / "spool"), f"--server={srv.ws_url}",
+                           f"--token={dashed}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert rows(rest, srv)["dashed"]["steps"] == 3
+
+
+def test_new_tokens_never_start_with_a_dash() -> None:
+    from trainvitals.server.security import new_token
+
+    tokens = [new_token() for _ in range(5000)]  # token_urlsafe alone: ~78 of them would
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == 5000 and all(len(t) >= 32 for t in tokens)
