@@ -69,6 +69,11 @@ export function decodeAlert(a) {
   return { ...a, details: fromWireMap(a.details) };
 }
 
+/** An incident decoded: its facts and each evidence alert's details may hold non-finite values. */
+export function decodeIncident(i) {
+  return { ...i, facts: fromWireMap(i.facts), evidence: (i.evidence ?? []).map(decodeAlert) };
+}
+
 /** The view token from the page URL (`?token=...`), or null. */
 export function pageToken() {
   return new URLSearchParams(window.location.search).get('token');
@@ -162,6 +167,11 @@ export class Api {
   async alerts(runName) {
     return (await this.get('/api/alerts', { run: runName })).alerts.map(decodeAlert);
   }
+
+  /** Incidents of one run (one per root cause, with their evidence), by onset, decoded. */
+  async incidents(runId) {
+    return (await this.get(`/api/runs/${encodeURIComponent(runId)}/incidents`)).incidents.map(decodeIncident);
+  }
 }
 
 /**
@@ -171,7 +181,8 @@ export class Api {
  * exactly as it draws the page. Read-only: nothing live, nothing finer to fetch, no exports.
  */
 export class ReportApi {
-  /** @param {object} data {run_id, detail, series, clips, health, alerts} in wire encoding */
+  /** @param {object} data {run_id, detail, series, clips, health, alerts, incidents} in wire
+   *   encoding */
   constructor(data) {
     this.data = data;
     this.runId = data.run_id;
@@ -216,6 +227,10 @@ export class ReportApi {
 
   async alerts(runName) {
     return runName === this.data.detail.run.name ? this.data.alerts.map(decodeAlert) : [];
+  }
+
+  async incidents(runId) {
+    return this.answer(runId, this.data.incidents.map(decodeIncident));
   }
 
   /** No server to download from. */

@@ -1,14 +1,20 @@
 // Bootstrap: wires the runs list, the live socket, toasts and the view; routes by
 // `#run=<id>` (one run) and `#compare=<id>,<id>,...` (runs overlaid).
 //
-// Freshness rules: the runs list reloads from REST on `run` messages and on alert openings and
-// resolutions (debounced), on every (re)connect and every 10 s while visible; `progress`
-// messages move every run's last step and speed in between. The open view reloads on `resync`
-// and after a reconnect (messages may have been missed); otherwise live messages are applied
-// in place. The title counts open critical alerts over all runs; a newly opened alert of any
-// run shows a toast (and, for critical ones, a desktop notification if the user allowed it).
+// Freshness rules: the runs list reloads from REST on `run` messages and on incidents opening,
+// escalating and resolving (debounced), on every (re)connect and every 10 s while visible;
+// `progress` messages move every run's last step and speed in between. The open view reloads
+// on `resync` and after a reconnect (messages may have been missed); otherwise live messages
+// are applied in place.
+//
+// People are told about incidents, not alerts: one root cause fires many alerts at once (a NaN
+// loss makes its components and the gradients NaN too), and the server groups them. The title
+// counts open critical incidents over all runs; an incident of any run that opens or escalates
+// shows a toast (and, when critical, a desktop notification if the user allowed it). The
+// server sends alert messages only to the viewers of their run, so nothing here but the run
+// view may rely on them.
 
-import { Api, decodeAlert, decodeRecord } from './api.js';
+import { Api, decodeAlert, decodeIncident, decodeRecord } from './api.js';
 import { CompareView } from './compare_view.js';
 import { h, replaceChildren } from './dom.js';
 import { exposeHooks } from './hooks.js';
@@ -41,7 +47,7 @@ class App {
     this.liveEl = document.getElementById('live-status');
     this.errorEl = document.getElementById('error');
     this.toasts = new Toasts(document.getElementById('toasts'), {
-      open: (alert) => { const run = this.runs.byName(alert.run); if (run) window.location.hash = `#run=${run.id}`; },
+      open: (incident) => this.showRunNamed(incident.run),
     });
     this.notifier = new Notifier(document.getElementById('notify'));
     this.errors = new Map();
@@ -65,6 +71,14 @@ class App {
     await this.reloadRuns();
     this.route();
     setInterval(() => { if (!document.hidden) this.reloadRuns(); }, RUNS_POLL_MS);
+  }
+
+  /** Open run `name` (a toast's): live messages name runs, and the list may not hold a run
+   * that just started, so it is reloaded first then. */
+  async showRunNamed(name) {
+    if (!this.runs.byName(name)) await this.reloadRuns();
+    const run = this.runs.byName(name);
+    if (run) window.location.hash = `#run=${run.id}`;
   }
 
   showPicked(ids) {
@@ -126,11 +140,19 @@ class App {
       case 'progress':
         if (!this.runs.noteProgress(msg)) this.scheduleRunsReload(); // a run we do not list yet
         return;
-      case 'alert': {
+      case 'alert': { // evidence, sent only to the viewers of its run
         const alert = decodeAlert(msg.alert);
         if (view && view.follows(alert.run)) view.onAlert(alert);
-        if (msg.change === 'opened' && this.toasts.show(alert)) this.notifier.notify(alert);
-        // Open-alert counts in the runs list change on openings and resolutions only.
+        return;
+      }
+      case 'incident': {
+        const incident = decodeIncident(msg.incident);
+        if (view && view.follows(incident.run)) view.onIncident(incident);
+        if (msg.change === 'opened' || msg.change === 'escalated') {
+          this.toasts.show(incident, msg.change);
+          this.notifier.notify(incident); // critical ones only: an escalation is a failure now
+        }
+        // The runs list's open-incident counts change on all but `updated` (evidence, text).
         if (msg.change !== 'updated') this.scheduleRunsReload();
         return;
       }

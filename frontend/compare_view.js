@@ -184,7 +184,9 @@ export class CompareView {
     }
   }
 
-  onAlert() { /* alerts show on each run's own page and in the toasts */ }
+  onAlert() { /* alerts show on each run's own page */ }
+
+  onIncident() { /* incidents show on each run's own page and in the toasts */ }
 
   apply(name, { rank, step, values }) {
     const i = this.runs.findIndex((r) => r.name === name);

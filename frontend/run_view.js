@@ -1,5 +1,6 @@
-// One run on screen: health in words, header with exports, linked charts (loss, gradients, one
-// per watched tensor) and alerts. Loads from REST, then follows live updates.
+// One run on screen: header with exports, its incidents (one card per root cause, first),
+// health in words, linked charts (loss, gradients, one per watched tensor) and every alert
+// (the incidents' evidence). Loads from REST, then follows live updates.
 //
 // Gap-free loading: the app subscribes to the run *before* the REST snapshot is fetched; live
 // records that arrive meanwhile are buffered and applied after the snapshot is drawn. Charts
@@ -18,12 +19,13 @@ import { AlertsPanel } from './alerts.js';
 import { h, replaceChildren } from './dom.js';
 import { displayStatus, formatFullTime, formatStep, formatValue, plotlyText } from './format.js';
 import { HealthBanner } from './health.js';
+import { IncidentsPanel } from './incidents.js';
 import { ChartGroup } from './linked.js';
 import { parseSeries } from './series.js';
 import { CHARTED_STATS, CHARTS, LOSS_CHART, clipText, clipTrace, tensorChart, tensorOf } from './vitals.js';
 
 const HEALTH_DEBOUNCE_MS = 400;
-const ZOOM_HALF_WIDTH = 25; // steps either side of a clicked alert, at least
+const ZOOM_HALF_WIDTH = 25; // steps either side of a clicked alert or incident, at least
 const COUNT_STATS = ['nan', 'posinf', 'neginf'];
 // Draw order: raw loss first (it gets the first legend slot), markers later; tensor stats in
 // CHARTED_STATS order per rank, so each band's max trace follows its min.
@@ -100,15 +102,22 @@ export class RunView {
     for (const spec of CHARTS) this.group.ensure(spec);
     const list = h('ul', { id: 'alerts', class: 'alerts-list' });
     const empty = h('p', { class: 'empty' }, 'No alerts for this run.');
-    this.alerts = new AlertsPanel(list, empty, { onSelect: (a) => this.zoomTo(a) });
+    this.alerts = new AlertsPanel(list, empty,
+      { onSelect: (a) => this.zoomTo(a.first_step, a.last_step) });
+    // An incident is zoomed to from its onset to the step it failed at (a warning that
+    // escalated), or around its onset.
+    this.incidents = new IncidentsPanel(
+      { onSelect: (i) => this.zoomTo(i.onset_step, i.escalated_step ?? i.onset_step) });
     replaceChildren(this.root,
       h('div', { class: 'run-header' }, this.nameEl, this.statusEl, exports, this.metaEl, this.configEl),
+      this.incidents.el,
       this.health.el,
       h('div', { class: 'run-body' },
         chartsEl,
         h('section', { class: 'card alerts-panel', 'aria-labelledby': 'alerts-heading' },
-          h('h3', { id: 'alerts-heading' }, 'Alerts'),
-          h('p', { class: 'hint' }, 'Click an alert to zoom every chart to it.'), list, empty)));
+          h('h3', { id: 'alerts-heading' }, 'All alerts'),
+          h('p', { class: 'hint' }, 'The findings behind the incidents. Click one to zoom every chart to it.'),
+          list, empty)));
     this.root.dataset.runId = String(this.runId);
     this.root.dataset.state = 'loading';
   }
@@ -149,6 +158,7 @@ export class RunView {
       r.dropped ? h('span', { class: 'warn' }, ` · ${r.dropped} record(s) dropped by the trainer`) : null,
       r.reason ? h('span', { class: 'reason' }, ` · ${r.reason}`) : null);
     this.alerts.multiRank = r.world_size > 1;
+    this.incidents.multiRank = r.world_size > 1;
     this.showConfig(r.config ?? {});
     if (before !== null && before !== status) this.scheduleHealth();
   }
@@ -184,13 +194,15 @@ export class RunView {
       this.names = [...new Set(detail.series.map((s) => s.name))].filter((n) => this.specFor(n));
       const buckets = this.group.width();
       this.scheduleHealth(0);
-      const [series, clips, alerts] = await Promise.all([
+      const [series, clips, alerts, incidents] = await Promise.all([
         this.api.series(this.runId, this.names, { buckets }),
-        this.api.clips(this.runId, { limit: 4 * buckets }), this.api.alerts(detail.run.name)]);
+        this.api.clips(this.runId, { limit: 4 * buckets }), this.api.alerts(detail.run.name),
+        this.api.incidents(this.runId)]);
       if (this.stale(token)) return;
       this.thinned = series.some((s) => s.downsampled);
       this.draw(series, clips, 4 * buckets);
       this.alerts.set(alerts);
+      this.incidents.set(incidents);
       this.finishLoading();
       this.root.dataset.state = 'ready';
       if (this.thinned && this.group.range) this.refetch(this.group.range);
@@ -322,12 +334,13 @@ export class RunView {
     for (const { chart } of this.group.entries()) chart.draw();
   }
 
-  /** Zoom every chart to an alert's steps and mark where it began. */
-  zoomTo(alert) {
+  /** Zoom every chart to steps first..last (an alert's, an incident's) and mark the first; a
+   * long span shows only its beginning, where the cause is. */
+  zoomTo(first, last) {
     const half = Math.max(ZOOM_HALF_WIDTH, Math.round((this.run?.last_step ?? 0) * 0.01));
-    const long = alert.last_step - alert.first_step > 4 * half;
-    const range = [alert.first_step - half, (long ? alert.first_step : alert.last_step) + half];
-    this.group.zoom(range, alert.first_step);
+    const long = last - first > 4 * half;
+    const range = [first - half, (long ? first : last) + half];
+    this.group.zoom(range, first);
   }
 
   /** A live `steps` message (decoded records) for this run. */
@@ -345,9 +358,20 @@ export class RunView {
     this.scheduleHealth();
   }
 
-  apply({ record, alert }) {
+  /** A live `incident` message (decoded incident) for this run. */
+  onIncident(incident) {
+    if (this.loading) this.buffer.push({ incident });
+    else this.apply({ incident });
+    this.scheduleHealth();
+  }
+
+  apply({ record, alert, incident }) {
     if (alert) {
       this.alerts.upsert(alert);
+      return;
+    }
+    if (incident) {
+      this.incidents.upsert(incident);
       return;
     }
     const { rank, step, values, clip } = record;

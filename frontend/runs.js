@@ -1,5 +1,6 @@
 // The runs list: name, status (running / finished / crashed / silent), last step, steps per
-// second, open alerts by severity, start time; a checkbox per run picks runs to compare.
+// second, open incidents by severity (one per root cause, not one per alert), start time; a
+// checkbox per run picks runs to compare.
 // Rows: `#runs tr[data-run-id][data-status]`; the selected one has aria-current="true".
 
 import { h, replaceChildren } from './dom.js';
@@ -95,9 +96,9 @@ export class RunsList {
     badge.textContent = status;
   }
 
-  /** Open critical alerts over all runs (for the page title). */
+  /** Open (or escalated) critical incidents over all runs (for the page title). */
   openCritical() {
-    return this.runs.reduce((n, r) => n + (r.open_alerts?.critical ?? 0), 0);
+    return this.runs.reduce((n, r) => n + (r.open_incidents?.critical ?? 0), 0);
   }
 
   render() {
@@ -108,9 +109,11 @@ export class RunsList {
 
   row(run) {
     const status = displayStatus(run);
-    const alerts = SEVERITIES.filter((s) => run.open_alerts?.[s]).map((s) =>
+    const open = run.open_incidents ?? {};
+    const badges = SEVERITIES.filter((s) => open[s]).map((s) =>
       h('span', { class: `badge sev-${s}`, dataset: { severity: s },
-                  title: `${run.open_alerts[s]} open ${s} alert(s)` }, String(run.open_alerts[s])));
+                  title: `${open[s]} open ${s} incident(s)` }, String(open[s])));
+    const resolved = (run.incidents ?? 0) - SEVERITIES.reduce((n, s) => n + (open[s] ?? 0), 0);
     const box = h('input', { type: 'checkbox', class: 'pick', 'aria-label': `compare ${run.name}`,
                              checked: this.picked.has(run.id),
                              onchange: () => this.toggle(run.id, box.checked) });
@@ -122,7 +125,10 @@ export class RunsList {
                                                     title: run.reason || silentFor }, status)),
       h('td', { class: 'num step' }, formatStep(run.last_step)),
       h('td', { class: 'num rate', title: 'steps per second (recent)' }, formatRate(run.steps_per_second)),
-      h('td', { class: 'alerts' }, alerts.length ? alerts : h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'incidents' }, badges,
+        resolved > 0 ? h('span', { class: 'muted resolved', title: `${resolved} resolved incident(s)` },
+          `${resolved} resolved`) : null,
+        badges.length || resolved > 0 ? null : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'started', title: formatFullTime(run.first_time ?? run.created) },
         formatTime(run.first_time ?? run.created)),
     );

@@ -2,9 +2,10 @@
 
 There is one chart renderer: the page's. The report is the run view of the dashboard
 (``frontend/run_view.js`` and what it imports), read-only, over the run's data inlined in the
-file — the very answers the REST API would give it (run row, series list, health, alerts, clip
-events, and the points of every series the run view charts; long series M4-downsampled as for a
-chart ``REPORT_BUCKETS`` pixels wide, NaN/±Inf as ``"NaN"``/``"Infinity"``/``"-Infinity"``).
+file — the very answers the REST API would give it (run row, series list, health, incidents,
+alerts, clip events, and the points of every series the run view charts; long series
+M4-downsampled as for a chart ``REPORT_BUCKETS`` pixels wide, NaN/±Inf as
+``"NaN"``/``"Infinity"``/``"-Infinity"``).
 ``frontend/report.js`` answers the view's API calls from that data (``ReportApi`` in api.js).
 
 The file opens offline, from disk, with no network at all. It holds:
@@ -35,6 +36,7 @@ from trainvitals.protocol.series import parse_series
 from trainvitals.protocol.wire_json import to_wire
 from trainvitals.server.store import RunRow, Store
 from trainvitals.server.store.downsample import for_width
+from trainvitals.server.views.incidents import incident_json
 from trainvitals.server.views.ranks import bad_ranks
 
 __all__ = ["REPORT_BUCKETS", "REPORT_CLIPS", "charted", "html_report", "report_data"]
@@ -83,7 +85,14 @@ def report_data(store: Store, run: RunRow, *, run_body: dict[str, Any],
         "health": health_body,
         "alerts": alerts,
     })
+    data["incidents"] = _incidents(store, run)  # already in wire encoding
     return data
+
+
+def _incidents(store: Store, run: RunRow) -> list[dict[str, Any]]:
+    """The run's incidents as ``GET /api/runs/{id}/incidents`` answers: by onset, evidence in."""
+    found = sorted(store.incidents(run=run.name), key=lambda i: (i.onset_step, i.number))
+    return [incident_json(i, run.id) for i in found]
 
 
 def _charted_points(store: Store, run_id: int, names: list[str]) -> list[dict[str, Any]]:

@@ -156,8 +156,8 @@ def run_id(server: Server, name: str) -> int:
 
 
 def open_critical(server: Server) -> int:
-    return sum(1 for a in server.get("/api/alerts", state="open")["alerts"]
-               if a["severity"] == "critical")
+    """Open (or escalated) critical incidents over every run: what the tab title counts."""
+    return sum(r["open_incidents"].get("critical", 0) for r in server.get("/api/runs")["runs"])
 
 
 @pytest.mark.browser
@@ -174,7 +174,7 @@ def test_run_list_charts_alerts_and_live_updates(
     assert row.locator("td.name").inner_text() == "resnet-clip"
     assert row.get_attribute("data-status") == "running"
     assert row.locator("td.step").inner_text() == str(FIRST - 1)
-    expected = next(r for r in server.get("/api/runs")["runs"] if r["id"] == rid)["open_alerts"]
+    expected = next(r for r in server.get("/api/runs")["runs"] if r["id"] == rid)["open_incidents"]
     assert row.locator("[data-severity]").count() == len(expected)
     for severity, count in expected.items():
         assert row.locator(f"[data-severity='{severity}']").inner_text() == str(count)
@@ -271,7 +271,8 @@ def test_run_list_charts_alerts_and_live_updates(
     assert pg.locator("#export-html").get_attribute("href").endswith(
         f"/api/runs/{rid}/report.html?token={VIEW_TOKEN}")
 
-    # Runs list follows live: last step, then status after the run ends; title counts criticals.
+    # Runs list follows live: last step, then status after the run ends; the title counts
+    # critical incidents (one per cause), not the many alerts behind them.
     # (Predicates are functions: a bare expression string would need eval, which the CSP bans.)
     pg.wait_for_function("([id, step]) => document.querySelector(`#runs tr[data-run-id='${id}']"
                          " td.step`).textContent === step", arg=[rid, str(STEPS - 1)])
@@ -280,6 +281,10 @@ def test_run_list_charts_alerts_and_live_updates(
     critical = open_critical(server)
     assert critical >= 1
     pg.wait_for_function("title => document.title === title", arg=f"({critical}) trainvitals")
+    row.locator("[data-severity='critical']").wait_for()  # ... as does the runs list
+    assert row.locator("[data-severity='critical']").inner_text() == str(
+        next(r for r in server.get("/api/runs")["runs"] if r["id"] == rid)["open_incidents"][
+            "critical"])
 
     pg.screenshot(path=str(SCREENSHOT), full_page=True)
     assert log.errors == [] and log.dialogs == []
@@ -303,7 +308,7 @@ def healthy(m: Monitor, steps: range) -> None:
 
 
 @pytest.mark.browser
-def test_a_critical_alert_of_another_run_reaches_the_user(
+def test_a_critical_incident_of_another_run_reaches_the_user(
         server: Server, browser: Any, monitor: Callable[[str], Monitor]) -> None:
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     context.grant_permissions(["notifications"], origin=server.url)
@@ -339,12 +344,14 @@ def test_a_critical_alert_of_another_run_reaches_the_user(
 
         toast = pg.locator(".toast[data-severity='critical'][data-run='elsewhere-nan']")
         toast.wait_for()
-        assert "Non-finite" in toast.locator(".toast-message").inner_text()
-        # The step's critical alerts (loss, loss/ce, tensor depth) share one toast.
+        (incident,) = server.get(f"/api/runs/{bad_id}/incidents")["incidents"]
+        assert toast.locator(".toast-message").inner_text() == incident["headline"]
+        # The step's critical alerts (loss, loss/ce, tensor depth) are one incident: one toast.
+        assert len(server.get("/api/alerts", run="elsewhere-nan")["alerts"]) >= 3
         assert pg.locator(".toast[data-severity='critical']").count() == 1
-        assert int(toast.get_attribute("data-count")) >= 3
+        assert toast.get_attribute("data-incident") == "elsewhere-nan#1"
         pg.wait_for_function("before => document.title !== before", arg=before)
-        assert pg.evaluate("window.trainvitals.notifications") == 1  # one per toast
+        assert pg.evaluate("window.trainvitals.notifications") == 1  # one per incident
         critical = open_critical(server)
         pg.wait_for_function("title => document.title === title", arg=f"({critical}) trainvitals")
 
@@ -490,18 +497,21 @@ def test_user_names_are_text_not_markup(
         pg.locator("#config th").all_inner_texts() == [component, "clip"])
     assert value in pg.locator("#config td").all_inner_texts()
 
-    # A tensor named like markup goes NaN while the page watches: its chart, and the toast of
-    # the alert it opens, show the names as text.
-    for step in range(NAN_STEP + 1, NAN_STEP + 3):
+    # A tensor named like markup goes NaN while the page watches, once the NaN loss's incident
+    # has resolved (a new cause, not more evidence of the old one): its chart, and the toast of
+    # the incident it opens, show the names as text.
+    for step in range(NAN_STEP + 1, NAN_STEP + 9):
         t = torch.ones(4)
-        t[0] = float("nan") if step == NAN_STEP + 2 else 1.0
+        t[0] = float("nan") if step == NAN_STEP + 8 else 1.0
         m.tensor(tensor, t)
-        m.log_step(step, loss=1.0, loss_used=1.0)
+        m.log_step(step, loss=1.0, loss_used=1.0, components={component: 0.75, "<b>kl</b>": 0.25})
     assert m.flush(10), m.stats()
     toast = pg.locator(".toast[data-severity='critical']")
     toast.wait_for()
     assert toast.locator(".toast-run").inner_text() == name
     assert tensor in toast.locator(".toast-message").inner_text()
+    pg.wait_for_function("t => [...document.querySelectorAll('#incidents .incident-headline')]"
+                         ".some(p => p.textContent.includes(t))", arg=tensor)  # its card too
     title = pg.evaluate("t => [...document.querySelectorAll('figure.chart-card')].find("
                         "f => f.dataset.tensor === t)?.querySelector('h3').textContent", tensor)
     assert title == f"Tensor {tensor}"

@@ -1,8 +1,9 @@
 """Two server replicas on one PostgreSQL database; headless Chromium shows replica B.
 
 A real ``Monitor`` streams to replica A only. B's dashboard, open on the run, must draw every
-point A ingested, once, and show A's alert once (its alerts panel and one toast per opened
-alert), all through B's live websocket fed by the relay. Run with ``pytest -m browser``.
+point A ingested, once, and show A's alert once (its alerts panel) and A's incident once (its
+card and one toast), all through B's live websocket fed by the relay. Run with
+``pytest -m browser``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def loss_steps(pg: Any) -> list[int]:
 
 
 @pytest.mark.browser
-def test_points_and_alerts_ingested_on_a_appear_once_on_b_s_dashboard(
+def test_points_alerts_and_incidents_ingested_on_a_appear_once_on_b_s_dashboard(
         replicas: tuple[ServerThread, ServerThread], page: Any) -> None:
     a, b = replicas
     mon = Monitor("across-replicas", server=a.ws_url, token=INGEST_TOKEN, spool=None)
@@ -96,4 +97,10 @@ def test_points_and_alerts_ingested_on_a_appear_once_on_b_s_dashboard(
     items = page.locator("#alerts li[data-rule='nonfinite'][data-series='loss']")
     assert items.count() == 1 and f"step {NAN_STEP}" in items.inner_text()
     assert page.locator("#alerts li").count() == len(alerts)
-    assert page.evaluate("window.trainvitals.toasts") == len(alerts)  # one per opened alert
+    (incident,) = httpx.get(f"{b.http_url}/api/runs/{rid}/incidents",
+                            timeout=10).json()["incidents"]
+    card = page.locator("#incidents article.incident")
+    assert card.count() == 1 and card.get_attribute("data-incident") == incident["id"]
+    assert card.locator(".incident-headline").inner_text() == incident["headline"]
+    assert page.evaluate("window.trainvitals.toasts") == 1  # one per incident, not per alert
+    assert page.locator(f".toast[data-incident='{incident['id']}']").count() == 1

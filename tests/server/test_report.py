@@ -5,8 +5,9 @@ The report is the page's own run view over data inlined in the file. Without a b
 file holds plotly.js, our modules and the run's data exactly as the REST API answers it, and no
 user-named string can break out of its JSON blocks. In headless Chromium (marked ``browser``;
 run them with ``pytest -m browser``): opened from disk with every other request refused, it
-draws the same charts, traces and points as the live page draws for the same run, keeps NaN/±Inf
-as edge markers and a long series' spike, and shows hostile names as text that runs nothing.
+draws the same charts, traces, points and incident cards as the live page draws for the same
+run, keeps NaN/±Inf as edge markers and a long series' spike, and shows hostile names as text
+that runs nothing.
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def test_the_report_carries_the_run_as_the_rest_api_answers_it(
     assert data["health"] == get(srv, f"/api/runs/{run_id}/health")
     assert "NaN/Inf in" in data["health"]["summary"]
     assert data["alerts"] == get(srv, "/api/alerts", run=RUN)["alerts"]
+    assert data["incidents"] == get(srv, f"/api/runs/{run_id}/incidents")["incidents"] != []
     assert data["clips"] == get(srv, f"/api/runs/{run_id}/clips", limit=REPORT_CLIPS)["clips"]
     # Every series the run view charts, and only those, as the chart's REST call answers it.
     names = sorted({s["name"] for s in data["series"]})
@@ -360,6 +362,14 @@ def trace(pg: Any, chart: str, key: str) -> dict[str, Any]:
     return result
 
 
+def incident_cards(pg: Any) -> list[dict[str, str]]:
+    """The incident cards: their data attributes and all their text (evidence included)."""
+    result: list[dict[str, str]] = pg.evaluate(
+        """() => [...document.querySelectorAll('#incidents article.incident')].map(c =>
+             ({...c.dataset, text: c.textContent}))""")
+    return result
+
+
 def alert_items(pg: Any) -> list[list[str | None]]:
     result: list[list[str | None]] = pg.evaluate(
         """() => [...document.querySelectorAll('#alerts li')].map(li =>
@@ -382,12 +392,42 @@ def test_the_report_draws_what_the_live_page_draws_for_the_same_run(
         pg.wait_for_selector("#health[data-level='critical']")  # asked for apart from the charts
     assert report.page.locator("#health").inner_text() == live.page.locator("#health").inner_text()
     assert alert_items(report.page) == alert_items(live.page) != []
+    assert incident_cards(report.page) == incident_cards(live.page) != []
     assert report.page.locator("#run-view .run-meta").inner_text() == (
         live.page.locator("#run-view .run-meta").inner_text())
     # Read-only: no export links (no server to download from).
     assert live.page.locator("#export-html").count() == 1
     assert report.page.locator("#export-html, #export-csv").count() == 0
     assert live.problems == [] and report.problems == []
+
+
+@pytest.mark.browser
+def test_the_report_shows_the_incident_cards_offline_and_zooms_to_their_onset(
+        srv: ServerThread, run_id: int, opened: Any, tmp_path: Path) -> None:
+    report = opened(save_report(srv, run_id, tmp_path), offline=True)
+    pg = report.page
+    (incident,) = get(srv, f"/api/runs/{run_id}/incidents")["incidents"]
+    card = pg.locator("#incidents article.incident")
+    assert card.count() == 1
+    assert card.get_attribute("data-incident") == incident["id"] == f"{RUN}#1"
+    assert card.get_attribute("data-state") == incident["state"]
+    assert card.locator(".incident-headline").inner_text() == incident["headline"]
+    assert card.locator(".incident-remedy").inner_text() == f"Try: {incident['remedy']}"
+    assert card.locator(".onset").inner_text() == f"onset step {incident['onset_step']}"
+    assert card.locator(".incident-meta .rank").inner_text() == "ranks " + ", ".join(
+        str(r) for r in incident["ranks"])  # two ranks: which, the first bad one first
+    card.locator(".incident-evidence summary").click()
+    series = card.locator(".evidence-list li .series").all_inner_texts()
+    assert series == [e["series"] for e in incident["evidence"]]
+    assert card.locator(".evidence-count").inner_text() == str(incident["evidence_count"])
+    card.locator(".incident-headline").click()  # zooms every chart to around the onset
+    onset = incident["onset_step"]
+    for chart in ("chart-loss", "chart-grad", "chart-tensor-depth"):
+        pg.wait_for_function("""([id, step]) => { const l = document.getElementById(id)._fullLayout;
+            const [a, b] = l.xaxis.range; return a <= step && step <= b
+              && l.shapes.length === 1 && l.shapes[0].x0 === step; }""", arg=[chart, onset])
+    assert pg.evaluate("document.querySelectorAll('img, b, [onerror], [onload]').length") == 0
+    assert report.problems == []
 
 
 @pytest.mark.browser
