@@ -17,6 +17,7 @@ from trainvitals.protocol.errors import MALFORMED, TOO_LARGE, UNSUPPORTED_VERSIO
 from trainvitals.protocol.floats import float_from_wire, float_to_wire
 from trainvitals.protocol.messages import (
     Ack,
+    Backlog,
     Batch,
     ClipEvent,
     Error,
@@ -55,23 +56,27 @@ def encode(message: Message) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-def encode_batch(encoded_records: Sequence[str], dropped: int = 0) -> str:
+def encode_batch(encoded_records: Sequence[str], dropped: int = 0,
+                 backlog: Backlog | None = None) -> str:
     """A ``batch`` frame around records that ``encode`` already made (the spool keeps them as
     text): they are placed as they are, never decoded and encoded again. Decodes to
-    ``Batch(records, dropped)``; a record's own ``"v"`` key is ignored inside a batch."""
+    ``Batch(records, dropped, backlog)``; a record's own ``"v"`` key is ignored inside a
+    batch."""
     if isinstance(dropped, bool) or not isinstance(dropped, int) or dropped < 0:
         raise ValueError(f"dropped must be a count, got {dropped!r}")
-    return (f'{{"v":{PROTOCOL_VERSION},"type":"batch","dropped":{dropped},"records":['
+    extra = "" if backlog is None else (
+        f',"backlog":{json.dumps(_value_to_wire(backlog), separators=(",", ":"))}')
+    return (f'{{"v":{PROTOCOL_VERSION},"type":"batch","dropped":{dropped}{extra},"records":['
             f'{",".join(encoded_records)}]}}')
 
 
 def _to_wire(message: Message) -> dict[str, Any]:
     if isinstance(message, Batch):
-        return {
-            "type": "batch",
-            "dropped": message.dropped,
-            "records": [_to_wire(r) for r in message.records],
-        }
+        batch: dict[str, Any] = {"type": "batch", "dropped": message.dropped}
+        if message.backlog is not None:
+            batch["backlog"] = _value_to_wire(message.backlog)
+        batch["records"] = [_to_wire(r) for r in message.records]
+        return batch
     obj: dict[str, Any] = {"type": _TYPE_NAMES[type(message)]}
     for f in fields(message):
         value = getattr(message, f.name)
@@ -84,7 +89,7 @@ def _to_wire(message: Message) -> dict[str, Any]:
 def _value_to_wire(value: Any) -> Any:
     if isinstance(value, float):
         return float_to_wire(value)
-    if isinstance(value, (TensorStats, ClipEvent, NonFiniteOrigin)):
+    if isinstance(value, (TensorStats, ClipEvent, NonFiniteOrigin, Backlog)):
         return {f.name: _value_to_wire(getattr(value, f.name))
                 for f in fields(value) if getattr(value, f.name) is not None}
     if isinstance(value, Mapping):
@@ -388,7 +393,24 @@ def _batch(f: _Fields) -> Batch:
         if not isinstance(record, (RunStart, Step, RunEnd)):
             raise ProtocolError(f"{f.where}: records[{i}] must be run_start, step or run_end")
         records.append(record)
-    return Batch(records=tuple(records), dropped=f.get("dropped", _count, 0))
+    return Batch(records=tuple(records), dropped=f.get("dropped", _count, 0),
+                 backlog=f.get("backlog", _backlog, None))
+
+
+def _backlog(value: Any) -> Backlog:
+    if not isinstance(value, dict):
+        raise TypeError("must be an object")
+    f = _Fields(value, "backlog")
+    return Backlog(records=f.get("records", _count), bytes=f.get("bytes", _count),
+                   max_bytes=f.get("max_bytes", _count),
+                   oldest_age=f.get("oldest_age", _age), last_seq=f.get("last_seq", _count))
+
+
+def _age(value: Any) -> float:
+    age = float_from_wire(value)
+    if not math.isfinite(age) or age < 0:
+        raise ValueError(f"must be a finite number of seconds, not negative, got {value!r}")
+    return age
 
 
 def _records_list(value: Any) -> list[Any]:

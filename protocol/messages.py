@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 __all__ = [
     "Ack",
+    "Backlog",
     "Batch",
     "ClipEvent",
     "Error",
@@ -156,11 +157,28 @@ Record = RunStart | Step | RunEnd
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the sender still holds when it sends a frame, so the server can say when a trainer
+    falls behind: ``records`` spooled and not yet acknowledged (this frame's included), the
+    spool's ``bytes`` and its limit ``max_bytes`` (records beyond it are dropped), the
+    ``oldest_age`` in seconds of the oldest unacknowledged record (by the sender's clock; 0
+    when unknown), and ``last_seq``, the highest seq the spool holds."""
+
+    records: int
+    bytes: int
+    max_bytes: int
+    oldest_age: float
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
-    """Several records in one frame; ``dropped`` is the sender's running count of lost records."""
+    """Several records in one frame; ``dropped`` is the sender's running count of lost records,
+    ``backlog`` what it still holds (``None``: not reported, as by older senders)."""
 
     records: tuple[Record, ...]
     dropped: int = 0
+    backlog: Backlog | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ __all__ = ["BATCH_OVERHEAD_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_MESSAGE_BYT
 
 MAX_MESSAGE_BYTES_HEADER = "x-trainvitals-max-message-bytes"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-# {"v":1,"type":"batch","dropped":<up to 19 digits>,"records":[]} is 65 bytes at most; a
-# record alone in a batch frame therefore fits when it is this much below the limit.
-BATCH_OVERHEAD_BYTES = 96
+# {"v":1,"type":"batch","dropped":<up to 19 digits>,"records":[]} is 65 bytes at most, and
+# the optional "backlog" object (four counts of up to 19 digits and an age) at most 171 more;
+# a record alone in a batch frame therefore fits when it is this much below the limit.
+BATCH_OVERHEAD_BYTES = 256

@@ -7,6 +7,7 @@ as many apps as they like on temporary databases.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -16,17 +17,22 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from trainvitals.server.alerts import AlertConfig, AlertEngine, Threshold
-from trainvitals.server.http.metrics import ServerMetrics, store_bytes
+from trainvitals.server.http.health import build_router as health_router
+from trainvitals.server.http.metrics import Health, ServerMetrics, store_bytes
 from trainvitals.server.http.metrics import build_router as metrics_router
 from trainvitals.server.http.responses import WireJSONResponse
 from trainvitals.server.http.rest import build_router as rest_router
 from trainvitals.server.http.static import build_router as static_router
+from trainvitals.server.ingest.deliveries import DeliveryReports
 from trainvitals.server.ingest.endpoint import serve_ingest
+from trainvitals.server.ingest.readiness import Readiness
 from trainvitals.server.ingest.retention import Retention
+from trainvitals.server.ingest.storage import FreeSpace
 from trainvitals.server.ingest.writer import Writer
 from trainvitals.server.live.hub import Hub
 from trainvitals.server.live.viewers import serve_viewer
-from trainvitals.server.notify.sinks import AlertSink, BrowserSink, LogSink
+from trainvitals.server.notify.conditions import ConditionFeed
+from trainvitals.server.notify.sinks import AlertSink, BrowserSink, ConditionSink, LogSink
 from trainvitals.server.notify.webhook import WebhookSink
 from trainvitals.server.security import SECURITY_HEADERS, redact_tokens_in_logs
 from trainvitals.server.settings import Settings
@@ -47,18 +53,26 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     store = store or _default_store(settings)
     hub = Hub(settings.viewer_queue)
     engine = AlertEngine(_alert_config(settings))
-    sinks: list[AlertSink] = [BrowserSink(hub)]
-    if settings.log_alerts:
-        sinks.append(LogSink())
+    browser, terminal = BrowserSink(hub), LogSink() if settings.log_alerts else None
     webhooks = _webhooks(settings)
-    sinks.extend(webhooks)
-    writer = Writer(store, engine, hub, sinks, batch_records=settings.writer_batch)
+    sinks: list[AlertSink] = [browser, *([terminal] if terminal else []), *webhooks]
+    space = _free_space(settings)
+    writer = Writer(store, engine, hub, sinks, batch_records=settings.writer_batch, space=space)
     retention = Retention(store, writer, retain_days=settings.retain_days,
                           retain_bytes=settings.retain_bytes,
                           interval=settings.retention_interval)
     relay = _replica_relay(settings, hub)
+    told: list[ConditionSink] = [browser, *([terminal] if terminal else []), *webhooks]
+    conditions = ConditionFeed(told)
+    reports = DeliveryReports(conditions, backlog_warn_s=settings.backlog_warn_s)
+    readiness = Readiness(writer, store, conditions, space=space,
+                          relay=None if relay is None else relay.health,
+                          interval=settings.health_interval, ticks=[reports.tick])
+    writer.observers += [readiness, reports]
+    bad_frames: Counter[str] = Counter()
     metrics = ServerMetrics(writer, hub, store, _disk_bytes(store, settings),
-                            None if relay is None else lambda: dataclasses.asdict(relay.stats))
+                            None if relay is None else lambda: dataclasses.asdict(relay.stats),
+                            Health(readiness, space, conditions.board, reports, bad_frames))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +82,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         for hook in webhooks:
             await hook.start()
         await retention.start()
+        await readiness.start()
         try:
             yield
         finally:
+            await readiness.stop()
             await retention.stop()
             await writer.stop()  # delivers the last alert changes to the sinks ...
             for hook in webhooks:
@@ -85,22 +101,18 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.settings, app.state.store, app.state.hub, app.state.writer = (
         settings, store, hub, writer)
     app.state.metrics, app.state.retention, app.state.webhooks = metrics, retention, webhooks
-    app.state.relay = relay
+    app.state.relay, app.state.readiness, app.state.conditions = relay, readiness, conditions
+    app.state.reports, app.state.space = reports, space
     if settings.metrics:
         app.include_router(metrics_router(metrics, settings.view_token))
+    app.include_router(health_router())
     app.include_router(rest_router())
     app.include_router(static_router())
-
-    @app.get("/healthz")
-    def healthz() -> Any:
-        """Liveness: the writer's commit count and connected viewers."""
-        return WireJSONResponse({"status": "ok", "committed": writer.committed,
-                                 "viewers": len(hub)})
 
     @app.websocket("/ws/ingest")
     async def ingest(ws: WebSocket) -> None:
         with metrics.producer():
-            await serve_ingest(ws, settings, writer)
+            await serve_ingest(ws, settings, writer, reports, bad_frames)
 
     @app.websocket("/ws/live")
     async def live(ws: WebSocket) -> None:
@@ -130,6 +142,15 @@ def _default_store(settings: Settings) -> Store:
     from trainvitals.server.store.postgres.store import PostgresStore
 
     return PostgresStore(settings.database_url, limits=limits)
+
+
+def _free_space(settings: Settings) -> FreeSpace | None:
+    """The floor under the data directory's free space; with PostgreSQL the database's disk is
+    not ours to measure."""
+    if settings.database_url is not None:
+        return None
+    return FreeSpace(settings.data_dir.absolute(), min_free_bytes=settings.min_free_bytes,
+                     min_free_percent=settings.min_free_percent)
 
 
 def _disk_bytes(store: Store, settings: Settings) -> Callable[[], int]:

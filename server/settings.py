@@ -94,6 +94,20 @@ class Settings(BaseSettings):
                                       "sweeps (when retain_days or retain_bytes is set)")
     metrics: bool = Field(True, description="serve Prometheus metrics at /metrics (behind the "
                           "view token, if one is set)")
+    min_free_bytes: int = Field(
+        256 << 20, ge=0, description="keep at least this many bytes free on DATA_DIR's disk: "
+        "below it new records are refused (error unavailable; trainers keep them), so SQLite "
+        "can still checkpoint, answer reads and run retention; 0 turns the floor off "
+        "(default 256 MiB)")
+    min_free_percent: float = Field(
+        0.0, ge=0, le=50, description="or keep this percentage of the disk free, whichever "
+        "is more")
+    health_interval: float = Field(
+        5.0, gt=0, description="seconds between readiness checks (free space, a database "
+        "read, the replica relay; a probe commit after a failed one)")
+    backlog_warn_s: float = Field(
+        60.0, gt=0, description="a trainer whose oldest unacknowledged record is older than "
+        "this raises a spool_backlog condition on its run")
 
     @classmethod
     def settings_customise_sources(

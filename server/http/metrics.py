@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -19,14 +20,34 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from trainvitals.server.alerts.conditions import KINDS, Conditions
+from trainvitals.server.ingest.deliveries import DeliveryReports
+from trainvitals.server.ingest.readiness import Readiness
+from trainvitals.server.ingest.storage import FreeSpace
 from trainvitals.server.ingest.writer import Writer
 from trainvitals.server.live.hub import Hub
 from trainvitals.server.security import presented_token, token_ok
 from trainvitals.server.store import Store
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics", "build_router", "store_bytes"]
+__all__ = ["CONTENT_TYPE", "Health", "ServerMetrics", "build_router", "store_bytes"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Every reason a frame is refused: the writer's, then the decoder's codes (always exported,
+# zeros included, so a rule such as `increase(...[5m]) > 0` has a series to watch).
+REFUSALS = ("storage_floor", "commit_failed", "limit_exceeded", "malformed", "invalid",
+            "too_large", "unsupported_version")
+
+
+@dataclass
+class Health:
+    """What the metrics read of the server's health: readiness, free space, the conditions,
+    the trainers' delivery reports and the frames the endpoint refused undecoded."""
+
+    readiness: Readiness | None = None
+    space: FreeSpace | None = None
+    conditions: Conditions | None = None
+    reports: DeliveryReports | None = None
+    bad_frames: Counter[str] = field(default_factory=Counter)
 
 
 def store_bytes(db_path: Path) -> int:
@@ -43,9 +64,11 @@ class ServerMetrics(Collector):
 
     def __init__(self, writer: Writer, hub: Hub, store: Store,
                  disk_bytes: Callable[[], int],
-                 relay_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 relay_counts: Callable[[], Mapping[str, int]] | None = None,
+                 health: Health | None = None) -> None:
         self._writer, self._hub, self._store, self._disk_bytes = writer, hub, store, disk_bytes
         self._relay_counts = relay_counts  # replicas on PostgreSQL only
+        self._health = health or Health()
         self.producers = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -92,6 +115,72 @@ class ServerMetrics(Collector):
                                 value=self._disk_bytes())
         if self._relay_counts is not None:
             yield self._relay()
+        yield from self._storing()
+        yield from self._conditions()
+        yield from self._deliveries()
+
+    def _storing(self) -> Iterator[Metric]:
+        """Whether the server can store, and what refuses frames."""
+        h = self._health
+        if h.readiness is not None:
+            ready, _, checks = h.readiness.status()
+            yield GaugeMetricFamily("trainvitals_ready", "1 while /readyz says ready (every "
+                                    "check below passes), else 0.", value=int(ready))
+            family = GaugeMetricFamily("trainvitals_ready_check", "Each readiness check: 1 "
+                                       "passing, 0 failing (see /readyz for why).",
+                                       labels=["check"])
+            for name, check in checks.items():
+                family.add_metric([name], int(check.ok))
+            yield family
+        space = h.space.last if h.space is not None else None
+        if space is not None and space.free >= 0:
+            yield GaugeMetricFamily("trainvitals_disk_free_bytes", "Bytes free on the data "
+                                    "directory's filesystem (SQLite).", value=space.free)
+            yield GaugeMetricFamily("trainvitals_disk_floor_bytes", "Below this many free "
+                                    "bytes new records are refused (min_free_bytes / "
+                                    "min_free_percent).", value=space.floor)
+        yield CounterMetricFamily("trainvitals_commits_failed", "Commits (and readiness "
+                                  "probes) that raised: nothing of them was stored.",
+                                  value=self._writer.failed_commits)
+        refused = CounterMetricFamily(
+            "trainvitals_frames_refused", "Ingest frames refused, by reason: storage_floor "
+            "(free space below the floor), commit_failed, limit_exceeded, or the decoder's "
+            "code (malformed, invalid, too_large, unsupported_version).", labels=["reason"])
+        counts = Counter(self._writer.refused) + Counter(h.bad_frames)
+        for reason in REFUSALS:
+            refused.add_metric([reason], counts[reason])
+        yield refused
+
+    def _conditions(self) -> Iterator[Metric]:
+        if self._health.conditions is None:
+            return
+        family = GaugeMetricFamily(
+            "trainvitals_open_conditions", "Open conditions (server or delivery trouble, "
+            "docs/operations.md) by scope, kind and severity.",
+            labels=["scope", "kind", "severity"])
+        counts = Counter((c.kind, c.severity) for c in self._health.conditions.open())
+        for kind, (scope, _) in KINDS.items():
+            for severity in ("warning", "critical"):
+                family.add_metric([scope, kind, severity], counts[(kind, severity)])
+        yield family
+
+    def _deliveries(self) -> Iterator[Metric]:
+        if self._health.reports is None:
+            return
+        t = self._health.reports.totals()
+        yield GaugeMetricFamily("trainvitals_plugin_streams_reporting", "Streams of connected "
+                                "trainers that report their delivery.", value=t.streams)
+        yield GaugeMetricFamily("trainvitals_plugin_spool_records", "Records in the spools "
+                                "of connected trainers that the server has not stored.",
+                                value=t.records)
+        yield GaugeMetricFamily("trainvitals_plugin_spool_bytes", "Bytes those records take "
+                                "in the trainers' spools (as they reported).", value=t.bytes)
+        yield GaugeMetricFamily("trainvitals_plugin_oldest_unacked_seconds", "Age of the "
+                                "oldest record a connected trainer holds unacknowledged.",
+                                value=t.oldest_age)
+        yield GaugeMetricFamily("trainvitals_plugin_dropped_records", "Records connected "
+                                "trainers report they dropped (full queue or spool).",
+                                value=t.dropped)
 
     def _relay(self) -> CounterMetricFamily:
         family = CounterMetricFamily(

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from trainvitals.server.http.health import add_condition_routes
 from trainvitals.server.http.params import Rank, RunId, StepBound
 from trainvitals.server.http.responses import WireJSONResponse
 from trainvitals.server.http.run_views import add_routes as add_run_views
@@ -121,6 +122,7 @@ def build_router() -> APIRouter:
         return WireJSONResponse({"run_id": run_id, "origins": store.origins(run_id)})
 
     add_run_views(router)  # health, report.html, export.csv
+    add_condition_routes(router)  # server and delivery trouble
 
     return router
 

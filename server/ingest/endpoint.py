@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -30,6 +31,7 @@ from trainvitals.protocol import (
     encode,
 )
 from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER
+from trainvitals.server.ingest.deliveries import DeliveryReports
 from trainvitals.server.ingest.writer import Writer
 from trainvitals.server.security import origin_allowed, presented_token, refuse, token_ok
 from trainvitals.server.settings import Settings
@@ -41,8 +43,11 @@ LOGGED_BAD_FRAMES = 10  # per connection; the rest are counted and summed up at 
 Stream = tuple[str, int, str]
 
 
-async def serve_ingest(ws: WebSocket, settings: Settings, writer: Writer) -> None:
-    """Run one trainer connection until it closes."""
+async def serve_ingest(ws: WebSocket, settings: Settings, writer: Writer,
+                       reports: DeliveryReports | None = None,
+                       bad_frames: Counter[str] | None = None) -> None:
+    """Run one trainer connection until it closes. ``reports`` hears what each frame says of
+    its sender's backlog; ``bad_frames`` counts the frames refused undecoded, by code."""
     if not token_ok(settings.ingest_token, presented_token(ws)):
         log.warning("ingest refused from %s: missing or wrong token", _peer(ws))
         await refuse(ws, 401, "missing or wrong ingest token")
@@ -55,11 +60,13 @@ async def serve_ingest(ws: WebSocket, settings: Settings, writer: Writer) -> Non
     await ws.accept(headers=[(MAX_MESSAGE_BYTES_HEADER.encode(), limit)])
     replies = _Replies()
     pump = asyncio.create_task(replies.pump(ws))
+    heard = _Heard(reports, bad_frames if bad_frames is not None else Counter())
     bad = 0
     try:
-        bad = await _receive_frames(ws, settings, writer, replies)
+        bad = await _receive_frames(ws, settings, writer, replies, heard)
     finally:
         pump.cancel()
+        heard.close()
         if bad > LOGGED_BAD_FRAMES:
             log.warning("connection from %s ended after %d bad frames (%d not logged)",
                         _peer(ws), bad, bad - LOGGED_BAD_FRAMES)
@@ -110,8 +117,25 @@ class _Replies:
             return  # the receive loop notices the disconnect and ends the connection
 
 
+class _Heard:
+    """What one connection's frames tell beyond their records: the sender's backlog (to the
+    delivery reports) and the frames refused undecoded (counted by code)."""
+
+    def __init__(self, reports: DeliveryReports | None, bad: Counter[str]) -> None:
+        self._reports, self.bad = reports, bad
+        self._id = reports.connect() if reports is not None else 0
+
+    def frame(self, message: object) -> None:
+        if self._reports is not None and isinstance(message, Batch):
+            self._reports.reported(self._id, message)
+
+    def close(self) -> None:
+        if self._reports is not None:
+            self._reports.disconnected(self._id)
+
+
 async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
-                          replies: _Replies) -> int:
+                          replies: _Replies, heard: _Heard) -> int:
     """Read frames until the client leaves; returns how many were bad."""
     bad = 0
     while True:
@@ -125,9 +149,10 @@ async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
         if data is None:
             continue
         try:
-            records = _records(data, settings.max_message_bytes)
+            records = _records(data, settings.max_message_bytes, heard)
         except ProtocolError as exc:
             bad += 1
+            heard.bad[exc.code] += 1
             if bad <= LOGGED_BAD_FRAMES:
                 log.warning("bad frame from %s (%s): %s", _peer(ws), exc.code, exc)
             await replies.error(Error(code=exc.code, message=str(exc)))
@@ -136,9 +161,10 @@ async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
             await writer.submit(records, replies.ack, replies.fail)
 
 
-def _records(data: str | bytes, limit: int) -> list[Record]:
+def _records(data: str | bytes, limit: int, heard: _Heard) -> list[Record]:
     """The records of one frame, all valid; ``ProtocolError`` for anything else."""
     message = decode(data, max_bytes=limit)
+    heard.frame(message)
     if isinstance(message, Batch):
         return list(message.records)
     if isinstance(message, (RunStart, Step, RunEnd)):

@@ -3,10 +3,12 @@
 Ingest connections ``submit()`` decoded records and get acknowledgements back through their
 ``reply`` callback once the records are committed — or an ``Error`` through ``fail`` when they
 could not be: code ``limit_exceeded`` (fatal: a server limit refuses them) or ``unavailable``
-(the commit failed, e.g. disk full; the sender should send them again later). Either way
-nothing of that frame is stored. Between the commit and the acks, the alert engine judges the
-new steps and the incident engine groups the alert changes into incidents (in the same worker
-thread, so neither needs locks); both are saved, and live updates go to the hub and the sinks.
+(the commit failed, e.g. disk full, or free space is below the floor and it was not tried:
+``ingest.storage``; the sender should send them again later). Either way nothing of that
+frame is stored. Between the commit and the acks, the alert engine judges the new steps and
+the incident engine groups the alert changes into incidents (in the same worker thread, so
+neither needs locks); both are saved, and live updates go to the hub and the sinks.
+Observers (readiness, delivery reports) hear of every commit and every failure.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from trainvitals.protocol import Ack, Error, Record, RunEnd, RunStart, Step
 from trainvitals.protocol.errors import UNAVAILABLE
@@ -26,17 +28,34 @@ from trainvitals.protocol.series import StepValues
 from trainvitals.protocol.wire_json import to_wire
 from trainvitals.server.alerts import AlertChange, AlertEngine
 from trainvitals.server.alerts.incidents import IncidentChange, IncidentEngine
+from trainvitals.server.ingest.storage import (
+    WHAT_TO_DO,
+    BelowFloor,
+    FreeSpace,
+    is_disk_full,
+    mib,
+)
 from trainvitals.server.live.hub import Hub
 from trainvitals.server.live.progress import ProgressFeed
 from trainvitals.server.notify.sinks import AlertSink
 from trainvitals.server.store import Store, WriteResult
 from trainvitals.server.store.limits import LimitExceeded
 
-__all__ = ["Writer"]
+__all__ = ["CommitObserver", "Writer"]
 
 log = logging.getLogger("trainvitals.server")
 Reply = Callable[[list[Ack]], None]
 Fail = Callable[[Error], None]
+
+
+class CommitObserver(Protocol):
+    """Told, on the event loop, how each commit went."""
+
+    def committed(self, result: WriteResult) -> None:
+        """A commit succeeded (or the readiness probe did: ``result`` is then empty)."""
+
+    def failed(self, error: Exception) -> None:
+        """A commit failed, or (``BelowFloor``) was not tried; nothing of it was stored."""
 
 
 @dataclass
@@ -51,8 +70,10 @@ class Writer:
 
     def __init__(self, store: Store, engine: AlertEngine, hub: Hub, sinks: Sequence[AlertSink],
                  *, incidents: IncidentEngine | None = None, batch_records: int = 512,
-                 queue_jobs: int = 1024) -> None:
+                 queue_jobs: int = 1024, space: FreeSpace | None = None) -> None:
         self._store, self._engine, self._hub, self._sinks = store, engine, hub, sinks
+        self._space = space  # the free-space floor (SQLite); None: no floor
+        self.observers: list[CommitObserver] = []
         self.incidents = incidents if incidents is not None else IncidentEngine()
         self._progress = ProgressFeed(hub)  # throttled last step/speed of every run, for all
         self._batch_records = batch_records
@@ -65,6 +86,10 @@ class Writer:
         # incident changes by (change, severity): opened, escalated, resolved (for /metrics)
         self.incident_changes: Counter[tuple[str, str]] = Counter()
         self._adopted: set[str] = set()  # runs whose stored open alerts the engine holds
+        self.failed_commits = 0  # commits (or probes) that raised (for /metrics)
+        self.refused: Counter[str] = Counter()  # frames refused, by reason (for /metrics)
+        self.last_failure = ""  # why the latest commit failed; "" when it succeeded
+        self._failure_is_news = True  # no failure was logged since the last commit succeeded
 
     async def start(self) -> None:
         """Open the store, restore open alerts and incidents, start the writer task."""
@@ -110,30 +135,79 @@ class Writer:
             if stop:
                 return
 
+    async def probe(self) -> bool:
+        """Commit the smallest write there is (``Store.probe``) between commits: whether
+        storing works again after a failed commit, when no trainer sends anything."""
+        try:
+            await self._call(self._probe)
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        self._succeeded(WriteResult([], {}, {}))
+        return True
+
+    def _probe(self) -> None:
+        if self._space is not None:
+            self._space.check()
+        self._store.probe()
+
     async def _commit_isolated(self, jobs: list[_Job]) -> None:
-        """Commit jobs together; if that fails, one by one, so one bad frame costs only itself."""
+        """Commit jobs together; if that fails, one by one, so one bad frame costs only itself
+        (a full disk or the floor costs every frame alike: they are refused together)."""
         try:
             await self._commit(jobs)
             return
         except Exception as exc:  # keep serving; what was not acked is not acked
-            if len(jobs) == 1:
-                self._refuse(jobs[0], exc)
+            self._failed(exc)
+            if len(jobs) == 1 or isinstance(exc, BelowFloor) or is_disk_full(exc):
+                for job in jobs:
+                    self._refuse(job, exc)
                 return
         for job in jobs:
             await self._commit_isolated([job])
 
+    def _succeeded(self, result: WriteResult) -> None:
+        self.last_failure = ""
+        for observer in self.observers:
+            observer.committed(result)
+
+    def _failed(self, exc: Exception) -> None:
+        if not isinstance(exc, (BelowFloor, LimitExceeded)):
+            self.failed_commits += 1
+            self.last_failure = f"{type(exc).__name__}: {exc}"
+        for observer in self.observers:
+            observer.failed(exc)
+
     def _refuse(self, job: _Job, exc: Exception) -> None:
         """Tell the sender that nothing of its frame was stored, and why."""
         if isinstance(exc, LimitExceeded):
+            self.refused["limit_exceeded"] += 1
             log.warning("refused %d record(s): %s", len(job.records), exc)
             error = Error(code=exc.code, message=str(exc), fatal=True)
+        elif isinstance(exc, BelowFloor):  # a condition says it, once; not a line per frame
+            self.refused["storage_floor"] += 1
+            log.debug("refused %d record(s): %s", len(job.records), exc)
+            error = Error(code=UNAVAILABLE, fatal=False, message=str(exc)[:500])
         else:
-            log.error("commit of %d record(s) failed", len(job.records), exc_info=exc)
-            error = Error(code=UNAVAILABLE, fatal=False, message=(
-                f"the server could not store this frame ({type(exc).__name__}: {exc}); "
-                "nothing of it was stored; send it again later")[:500])
+            self.refused["commit_failed"] += 1
+            # The first failure of a series with its traceback; the rest only at debug level:
+            # the commits_failing / storage_full condition says it once, /metrics counts it.
+            first, self._failure_is_news = self._failure_is_news, False
+            log.log(logging.ERROR if first else logging.DEBUG, "commit of %d record(s) failed",
+                    len(job.records), exc_info=exc if first else None)
+            error = Error(code=UNAVAILABLE, fatal=False, message=self._failure_text(exc)[:500])
         if job.fail is not None:
             job.fail(error)
+
+    def _failure_text(self, exc: Exception) -> str:
+        cause = f"{type(exc).__name__}: {exc}"
+        if not is_disk_full(exc):
+            return (f"the server could not store this frame ({cause}); nothing of it was "
+                    "stored; send it again later")
+        space = self._space.measure() if self._space is not None else None
+        free = f"; {mib(space.free)} free on {space.path}" if space and space.free >= 0 else ""
+        return (f"storage full: the server could not store this frame ({cause}{free}); "
+                f"nothing of it was stored; send it again later — {WHAT_TO_DO}")
 
     async def _take(self) -> tuple[list[_Job], bool]:
         first = await self._queue.get()
@@ -152,6 +226,8 @@ class Writer:
         records = [r for job in jobs for r in job.records]
         values_of = StepValues()  # derived once; the store, the rules and the hub share them
         result, changes, incidents = await self._call(lambda: self._write(records, values_of))
+        self._failure_is_news = True  # the next failure is news again: log it in full
+        self._succeeded(result)
         self.committed += len(result.accepted)
         self.committed_values += sum(len(values_of(r)) for r in result.accepted
                                      if isinstance(r, Step))
@@ -165,6 +241,8 @@ class Writer:
 
     def _write(self, records: list[Record], values_of: StepValues
                ) -> tuple[WriteResult, list[AlertChange], list[IncidentChange]]:
+        if self._space is not None:
+            self._space.check()  # below the floor: refuse before writing anything
         result = self._store.write(records, values_of)
         self._adopt({r.run for r in result.accepted if isinstance(r, Step)})
         changes: list[AlertChange] = []

@@ -42,7 +42,7 @@ from psycopg import sql
 from trainvitals.server.live import relay_wire as wire
 from trainvitals.server.live.hub import Hub
 
-__all__ = ["CHANNEL", "RelayStats", "ReplicaRelay"]
+__all__ = ["CHANNEL", "RelayHealth", "RelayStats", "ReplicaRelay"]
 
 log = logging.getLogger("trainvitals.server")
 CHANNEL = "trainvitals_live"
@@ -64,6 +64,19 @@ class RelayStats:
     dropped: int = 0
     resyncs_sent: int = 0
     reconnects: int = 0
+
+
+@dataclass(frozen=True)
+class RelayHealth:
+    """Whether the relay keeps up now: its LISTEN connection is up, its last NOTIFY went out,
+    and how many live messages wait for the other replicas (of ``capacity``). ``problem``:
+    the latest failure while one holds, else ``""``."""
+
+    listening: bool
+    sending: bool
+    queued: int
+    capacity: int
+    problem: str = ""
 
 
 def _backoff(initial: float = 0.1, cap: float = 5.0) -> Iterator[float]:
@@ -89,6 +102,14 @@ class ReplicaRelay:
         self._listener: Connection | None = None
         self._notifier: Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._listening, self._sending = False, True
+        self._listen_problem = self._send_problem = ""
+
+    def health(self) -> RelayHealth:
+        """How the relay is doing now (readiness and the ``replica_lagging`` condition)."""
+        return RelayHealth(self._listening, self._sending, self._queue.qsize(),
+                           self._queue.maxsize,
+                           self._listen_problem if not self._listening else self._send_problem)
 
     async def start(self) -> None:
         """Connect and listen (raises if the database cannot be reached), then relay."""
@@ -99,6 +120,7 @@ class ReplicaRelay:
             await _close(self._notifier)
             raise
         self._hub.listener = self.offer
+        self._listening = True
         self._tasks = [asyncio.create_task(self._listen_forever(), name="trainvitals-relay-in"),
                        asyncio.create_task(self._send_forever(), name="trainvitals-relay-out")]
 
@@ -156,8 +178,11 @@ class ReplicaRelay:
             except Exception as exc:  # a dropped connection, mostly; never stop listening
                 log.warning("replica relay: lost the LISTEN connection (%s: %s); reconnecting",
                             type(exc).__name__, exc)
+                self._listen_problem = f"lost the LISTEN connection ({type(exc).__name__}: {exc})"
+            self._listening = False
             await _close(self._listener)
             self._listener = await self._reopen_listener()
+            self._listening, self._listen_problem = True, ""
             self.stats.reconnects += 1
             self._hub.deliver(None, wire.RESYNC)  # what came meanwhile is lost: reload
 
@@ -239,12 +264,16 @@ class ReplicaRelay:
                                       [(self._channel, p) for p in payloads])
             self.stats.sent += len(items)
             self.stats.resyncs_sent += lost
+            self._sending, self._send_problem = True, ""
             await self._sweep(conn)
         except Exception as exc:  # a dropped connection, mostly; never stop sending
             log.warning("replica relay: could not notify the other replicas (%s: %s); they "
                         "will be told to resync", type(exc).__name__, exc)
             self._lost = True
             self.stats.dropped += len(items)
+            self._sending = False
+            self._send_problem = (f"could not notify the other replicas "
+                                  f"({type(exc).__name__}: {exc})")
             await _close(self._notifier)
             self._notifier = None
             return False

@@ -1,10 +1,12 @@
-"""Webhook sinks: incidents opened, escalated and resolved, POSTed as JSON or Slack messages.
+"""Webhook sinks: incidents and conditions opened, escalated and resolved, POSTed as JSON or
+Slack messages.
 
 One post per incident change, never per finding: the alerts behind an incident travel inside
-it as its evidence. ``deliver`` runs on the writer's path, so it never waits: it filters the
-incident changes (opened, escalated, resolved, at or above a severity; other updates are left
-out) and appends
-them to a bounded queue per URL. One asyncio task per URL posts them with ``httpx``:
+it as its evidence. Conditions (server or delivery trouble, ``alerts.conditions``) travel the
+same way, in the same list and the same shape, told apart by ``scope``. ``deliver`` runs on
+the writer's path, so it never waits: it filters the incident changes (opened, escalated,
+resolved, at or above a severity; other updates are left out) and appends them to a bounded
+queue per URL. One asyncio task per URL posts them with ``httpx``:
 
 * rate limit: a token bucket of ``per_minute`` posts per URL; changes that arrive while the
   bucket is empty are coalesced into the next post instead of being sent one by one;
@@ -29,7 +31,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from trainvitals.server.alerts import AlertChange
+from trainvitals.server.alerts.conditions import ConditionChange
 from trainvitals.server.alerts.incidents import IncidentChange
+from trainvitals.server.views.conditions import condition_json
 from trainvitals.server.views.incidents import incident_json
 
 __all__ = ["RateLimiter", "WebhookSink", "json_payload", "slack_payload"]
@@ -39,16 +43,23 @@ Format = Literal["json", "slack"]
 _RANK = {"warning": 0, "critical": 1}
 _RETRY_STATUS = {408, 429}
 SLACK_MAX_BLOCKS = 40  # Slack allows 50 blocks per message; leave room for the overflow note
+Change = IncidentChange | ConditionChange
 
 
-def json_payload(changes: Sequence[IncidentChange]) -> dict[str, Any]:
+def json_payload(changes: Sequence[Change]) -> dict[str, Any]:
     """The generic body: every change with the full incident — headline, remedy, evidence
-    (non-finite floats as strings)."""
-    return {"source": "trainvitals",
-            "incidents": [{"change": c.kind, **incident_json(c.incident)} for c in changes]}
+    (non-finite floats as strings) — or condition, in the same shape (``scope`` says which:
+    ``run`` for incidents and run conditions, ``server`` for the server's own)."""
+    return {"source": "trainvitals", "incidents": [_entry(c) for c in changes]}
 
 
-def slack_payload(changes: Sequence[IncidentChange]) -> dict[str, Any]:
+def _entry(change: Change) -> dict[str, Any]:
+    if isinstance(change, ConditionChange):
+        return {"change": change.kind, **condition_json(change.condition)}
+    return {"change": change.kind, **incident_json(change.incident)}
+
+
+def slack_payload(changes: Sequence[Change]) -> dict[str, Any]:
     """A Slack incoming-webhook body: ``text`` (also the notification) plus one block each."""
     lines = [_line(c) for c in changes]
     blocks: list[dict[str, Any]] = [
@@ -60,7 +71,9 @@ def slack_payload(changes: Sequence[IncidentChange]) -> dict[str, Any]:
     return {"text": "\n".join(lines), "blocks": blocks}
 
 
-def _line(change: IncidentChange) -> str:
+def _line(change: Change) -> str:
+    if isinstance(change, ConditionChange):
+        return _condition_line(change)
     i = change.incident
     where = f"`{i.run}` #{i.number}"
     if change.kind == "resolved":
@@ -69,6 +82,15 @@ def _line(change: IncidentChange) -> str:
     escalated = " (escalated)" if change.kind == "escalated" else ""
     tried = f" — try: {i.remedy}" if i.remedy else ""
     return f"{i.severity.upper()}{escalated} {where} @ step {i.onset_step}: {i.headline}{tried}"
+
+
+def _condition_line(change: ConditionChange) -> str:
+    c = change.condition
+    where = "server" if c.scope == "server" else f"`{c.run}`"
+    if change.kind == "resolved":
+        return f"RESOLVED {where} {c.kind}: {c.headline}"
+    escalated = " (escalated)" if change.kind == "escalated" else ""
+    return f"{c.severity.upper()}{escalated} {where} {c.kind}: {c.headline} — try: {c.remedy}"
 
 
 class RateLimiter:
@@ -100,7 +122,7 @@ class _Target:
     url: str
     format: Format
     limiter: RateLimiter
-    pending: deque[IncidentChange]
+    pending: deque[Change]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     posted: int = 0  # accepted posts
     failed: int = 0  # posts given up on
@@ -126,8 +148,19 @@ class WebhookSink:
 
     def deliver(self, changes: Sequence[AlertChange],
                 incidents: Sequence[IncidentChange] = ()) -> None:
-        wanted = [c for c in incidents if c.kind != "updated"
-                  and _RANK[c.incident.severity] >= self._min]
+        self._queue([c for c in incidents if c.kind != "updated"
+                     and _RANK[c.incident.severity] >= self._min])
+
+    def deliver_conditions(self, changes: Sequence[ConditionChange]) -> None:
+        """Queue condition openings, escalations and resolutions, as for incidents. A
+        condition may fall back to a warning before it resolves: its resolution is sent to
+        whoever was told it had escalated."""
+        self._queue([c for c in changes if c.kind != "updated" and max(
+            _RANK[c.condition.severity],
+            _RANK["critical"] if c.kind == "resolved" and c.condition.escalated_at else 0,
+        ) >= self._min])
+
+    def _queue(self, wanted: Sequence[Change]) -> None:
         for target in self._targets if wanted else ():
             room = (target.pending.maxlen or 0) - len(target.pending)
             target.dropped += max(0, len(wanted) - room)  # the deque drops the oldest
@@ -175,7 +208,7 @@ class WebhookSink:
                      for _ in range(min(self._batch, len(target.pending)))]
             await self._post(target, batch)
 
-    async def _post(self, target: _Target, batch: list[IncidentChange]) -> None:
+    async def _post(self, target: _Target, batch: list[Change]) -> None:
         assert self._client is not None, "start() first"
         body = slack_payload(batch) if target.format == "slack" else json_payload(batch)
         for attempt in range(self._retries + 1):

@@ -179,3 +179,11 @@ class Store(Protocol):
 
     def size_bytes(self) -> int:
         """Bytes the stored data occupies (retention keeps this under ``retain_bytes``)."""
+
+    def ping(self) -> None:
+        """Read from the database on the caller's thread; raises when it cannot be reached
+        (the readiness check "database reachable")."""
+
+    def probe(self) -> None:
+        """Commit the smallest write there is (writer thread); raises what a failing commit
+        would (after a failed commit, readiness asks this until storing works again)."""

@@ -222,7 +222,7 @@ def test_static_serves_only_frontend_assets(srv: ServerThread, path: str) -> Non
 def test_healthz(srv: ServerThread) -> None:
     body = strict_json(httpx.get(f"{srv.http_url}/healthz"))
     records = len(alpha(0)) + len(alpha(1)) + len(BETA)
-    assert body == {"status": "ok", "committed": records, "viewers": 0}
+    assert body == {"status": "ok", "committed": records, "viewers": 0, "ready": True}
 
 
 # --------------------------------------------------------------------------- view token

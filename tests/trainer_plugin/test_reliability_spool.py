@@ -58,14 +58,14 @@ def test_the_spool_numbers_records_as_it_keeps_them(tmp_path: Path) -> None:
 
 
 def test_refused_records_take_no_number_so_the_stream_has_no_gaps(tmp_path: Path) -> None:
-    spool = make(tmp_path, max_bytes=600, max_record_bytes=400)
+    spool = make(tmp_path, max_bytes=800, max_record_bytes=600)
     spool.append(start(), essential=True)
     with pytest.raises(SpoolRefused, match="larger than a frame may be"):
-        spool.append(step(0, scalars={f"s{i}": 1.0 for i in range(40)}))
+        spool.append(step(0, scalars={f"s{i}": 1.0 for i in range(60)}))
     with pytest.raises(SpoolRefused, match=r"would refuse: .*'time' must be a finite"):
         spool.append(Step(run="r", session="s", seq=0, step=0, time=math.inf))
     spool.append(step(1))
-    with pytest.raises(SpoolRefused, match=r"spool full \(600 bytes\)"):
+    with pytest.raises(SpoolRefused, match=r"spool full \(800 bytes\)"):
         for i in range(2, 100):
             spool.append(step(i))
     end = spool.append(RunEnd(run="run/with odd name", session="abcdef0123456789", seq=0),
@@ -73,7 +73,7 @@ def test_refused_records_take_no_number_so_the_stream_has_no_gaps(tmp_path: Path
     lines = spool.read(0, 1000, 1 << 20)
     assert seqs(lines) == list(range(spool.next_seq))
     assert end.seq == spool.next_seq - 1
-    assert spool.size > 600
+    assert spool.size > 800
     spool.close()
 
 
@@ -211,10 +211,10 @@ def test_a_full_acknowledged_file_is_deleted_when_the_next_one_starts(tmp_path: 
 
 def test_append_many_keeps_a_batch_in_one_write_and_says_what_became_of_each(
         tmp_path: Path) -> None:
-    spool = make(tmp_path, max_record_bytes=400)
+    spool = make(tmp_path, max_record_bytes=600)
     outcomes = spool.append_many([
         (start(), True),
-        (step(0, scalars={f"s{i}": 1.0 for i in range(40)}), False),  # too large
+        (step(0, scalars={f"s{i}": 1.0 for i in range(60)}), False),  # too large
         (Step(run="r", session="s", seq=0, step=0, time=math.inf), False),  # server refuses
         (step(1), False),
     ])

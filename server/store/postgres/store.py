@@ -11,6 +11,7 @@ module, and only when ``database_url`` is set, so the server runs without psycop
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -161,6 +162,16 @@ class PostgresStore:
         else:
             conn = self._read_conn()
         return sum(_live_bytes(*row) for row in conn.execute(TABLE_SIZES).fetchall())
+
+    def ping(self) -> None:
+        self._read_conn().execute("SELECT 1").fetchone()
+
+    def probe(self) -> None:
+        """One row of ``meta`` rewritten in a transaction: fails as a write would."""
+        conn = self._write_conn()
+        with conn.transaction():
+            conn.execute("INSERT INTO meta VALUES ('probed_at', %s) ON CONFLICT (key) "
+                         "DO UPDATE SET value = EXCLUDED.value", (repr(time.time()),))
 
     def disk_bytes(self) -> int:
         """Bytes our tables take on disk, indexes and TOAST included (what /metrics shows)."""

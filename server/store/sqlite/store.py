@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,16 @@ class SQLiteStore:
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
         return int((pages - free) * page_size)
+
+    def ping(self) -> None:
+        self._read_conn().execute("SELECT count(*) FROM meta").fetchone()
+
+    def probe(self) -> None:
+        """One row of ``meta`` rewritten: a real commit through the write-ahead log, so it
+        fails as a write would (disk full, database locked)."""
+        with self._write_conn() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)",
+                         (repr(time.time()),))
 
     # ---------------------------------------------------------------- reads
 
