@@ -21,6 +21,7 @@ import { displayStatus, formatFullTime, formatStep, formatValue, plotlyText } fr
 import { HealthBanner } from './health.js';
 import { IncidentsPanel } from './incidents.js';
 import { ChartGroup } from './linked.js';
+import { ScaleToggle } from './scale_toggle.js';
 import { parseSeries } from './series.js';
 import { CHARTED_STATS, CHARTS, LOSS_CHART, clipText, clipTrace, tensorChart, tensorOf } from './vitals.js';
 
@@ -99,7 +100,12 @@ export class RunView {
     const chartsEl = h('div', { class: 'charts' });
     this.group = new ChartGroup(chartsEl, { onRange: (range) => this.refetch(range) });
     this.tensorSpecs = new Map();
-    for (const spec of CHARTS) this.group.ensure(spec);
+    // The loss chart's y scale is the user's choice, remembered per run (a loss that explodes
+    // to 1e33 flattens everything before it on a linear axis).
+    this.lossScale = new ScaleToggle(`run:${this.runId}`,
+      { onChange: (scale) => this.group.get(LOSS_CHART.id).chart.setScale(scale) });
+    for (const spec of CHARTS) this.group.ensure(spec, spec === LOSS_CHART ? { scale: this.lossScale.scale } : {});
+    this.group.get(LOSS_CHART.id).tools.append(this.lossScale.el);
     const list = h('ul', { id: 'alerts', class: 'alerts-list' });
     const empty = h('p', { class: 'empty' }, 'No alerts for this run.');
     this.alerts = new AlertsPanel(list, empty,
