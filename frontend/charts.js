@@ -83,7 +83,7 @@ export class Chart {
    *   `yaxis: 'y3'`); prepare(chart) (called after every reset, to create traces in a fixed
    *   order); onRange(range) (the user zoomed: [x0, x1], or null for everything)
    */
-  constructor(el, { logY = false, scale = logY ? 'log' : 'linear', height = 300, yTitle = '',
+  constructor(el, { logY = false, scale = logY ? 'log' : 'linear', height = 280, yTitle = '',
                     y3Title = '', prepare = null, onRange = null } = {}) {
     this.el = el;
     this.scale = scale;

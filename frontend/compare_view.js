@@ -4,10 +4,14 @@
 // dotted, ...). Loss, gradient norm, and each watched tensor's max (the value that overflows
 // exp) are compared. Live updates of every compared run are appended as they come; long runs
 // are thinned by the server (M4) for the charts' width, and zooming re-fetches, as on a run.
+// Above the charts, a table says how the runs differ (compare_table.js): the config keys whose
+// values differ, each run's first incident, its final loss and last step. The loss chart's y
+// scale is remembered per comparison, as a run's is per run.
 
+import { CompareTable } from './compare_table.js';
 import { h, replaceChildren } from './dom.js';
-import { displayStatus, formatStep } from './format.js';
 import { ChartGroup } from './linked.js';
+import { ScaleToggle } from './scale_toggle.js';
 import { tensorSeries } from './series.js';
 import { GRAD_CHART, LOSS_CHART, idPart, tensorOf } from './vitals.js';
 
@@ -63,11 +67,14 @@ export class CompareView {
 
   build() {
     this.titleEl = h('h2', { class: 'run-name' }, 'Compare runs');
-    this.legendEl = h('ul', { class: 'compare-legend' });
+    this.table = new CompareTable(RUN_COLORS);
     this.chartsEl = h('div', { class: 'charts' });
     this.group = new ChartGroup(this.chartsEl, { onRange: (range) => this.refetch(range) });
+    this.lossScale = new ScaleToggle(this.key,
+      { onChange: (scale) => this.group.get(LOSS_CHART.id)?.chart.setScale(scale) });
     replaceChildren(this.root,
-      h('div', { class: 'run-header' }, this.titleEl, this.legendEl),
+      h('div', { class: 'run-header' }, this.titleEl),
+      this.table.el,
       h('div', { class: 'compare-body' }, this.chartsEl));
     this.root.dataset.runId = this.runIds.join(',');
     this.root.dataset.state = 'loading';
@@ -76,16 +83,10 @@ export class CompareView {
   showRun(run) {
     const i = this.runs.findIndex((r) => r.id === run?.id);
     if (i < 0) return;
+    const lastStep = this.runs[i].last_step ?? null;
     this.runs[i] = { ...this.runs[i], ...run };
-    this.renderLegend();
-  }
-
-  renderLegend() {
-    replaceChildren(this.legendEl, this.runs.map((r, i) => h('li', { dataset: { runId: r.id } },
-      h('span', { class: 'swatch', style: `background:${RUN_COLORS[i % RUN_COLORS.length]}` }),
-      h('a', { href: `#run=${r.id}`, title: r.name }, r.name), ' ',
-      h('span', { class: `status status-${displayStatus(r)}` }, displayStatus(r)),
-      h('span', { class: 'muted' }, ` step ${formatStep(r.last_step)}`))));
+    if (lastStep !== null && (this.runs[i].last_step ?? -Infinity) < lastStep) this.runs[i].last_step = lastStep;
+    this.table.setRuns(this.runs);
   }
 
   async load() {
@@ -98,17 +99,23 @@ export class CompareView {
       if (this.stale(token)) return;
       this.runs = details.map((d) => d.run);
       this.titleEl.textContent = `Compare: ${this.runs.map((r) => r.name).join(' vs ')}`;
-      this.renderLegend();
+      this.table.setRuns(this.runs);
       this.generation = await this.hooks.follow(this.runs.map((r) => r.name));
       if (this.stale(token)) return;
       const tensors = [...new Set(details.flatMap((d) => d.series.map((s) => tensorOf(s.name)))
         .filter((t) => t?.stat === 'max').map((t) => t.tensor))].sort();
       this.specs = compareSpecs(tensors);
-      for (const spec of this.specs) this.group.ensure(spec);
+      for (const spec of this.specs) {
+        this.group.ensure(spec, spec.id === LOSS_CHART.id ? { scale: this.lossScale.scale } : {});
+      }
+      this.group.get(LOSS_CHART.id).tools.append(this.lossScale.el);
       this.names = details.map((d) => [...new Set(d.series.map((s) => s.name))]
         .filter((n) => this.specs.some((spec) => spec.accepts(n))));
-      await this.fetchAndDraw(token, {});
+      const [incidents] = await Promise.all([
+        Promise.all(this.runs.map((r) => this.api.incidents(r.id))),
+        this.fetchAndDraw(token, {})]);
       if (this.stale(token)) return;
+      this.runs.forEach((r, i) => this.table.setIncidents(r.id, incidents[i]));
       this.thinned = this.lastThinned;
       this.root.dataset.state = 'ready';
     } catch (err) {
@@ -126,6 +133,7 @@ export class CompareView {
     if (this.stale(token)) return;
     this.lastThinned = all.flat().some((s) => s.downsampled);
     for (const { chart } of this.group.entries()) chart.reset();
+    this.table.resetLosses();
     all.forEach((series, i) => {
       for (const s of series) {
         for (let j = 0; j < s.steps.length; j += 1) this.addValue(i, s.name, s.rank, s.steps[j], s.values[j]);
@@ -165,6 +173,7 @@ export class CompareView {
     const spec = this.specs.find((s) => s.accepts(name));
     if (!spec) return;
     const run = this.runs[runIndex];
+    if (name === 'loss' && rank === 0) this.table.noteLoss(run.id, step, value);
     const color = RUN_COLORS[runIndex % RUN_COLORS.length];
     const rankPart = rank ? ` [rank ${rank}]` : '';
     const series = tensorOf(name) ? 'max' : name;
@@ -186,7 +195,11 @@ export class CompareView {
 
   onAlert() { /* alerts show on each run's own page */ }
 
-  onIncident() { /* incidents show on each run's own page and in the toasts */ }
+  /** A live incident of a compared run: its first incident may have changed. */
+  onIncident(incident) {
+    const run = this.runs.find((r) => r.name === incident.run);
+    if (run) this.table.upsertIncident(run.id, incident);
+  }
 
   apply(name, { rank, step, values }) {
     const i = this.runs.findIndex((r) => r.name === name);
@@ -211,6 +224,7 @@ export class CompareView {
 
   destroy() {
     this.destroyed = true;
+    this.table.destroy();
     this.group.destroy();
   }
 }

@@ -19,6 +19,7 @@ export function formatStep(step) {
 
 const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' }); // full time: tooltip
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', timeStyle: 'short' });
+const dateOnly = new Intl.DateTimeFormat(undefined, { dateStyle: 'short' });
 const fullDateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
 
 function validTime(seconds) {
@@ -30,6 +31,14 @@ export function formatTime(seconds) {
   if (!validTime(seconds)) return '—';
   const date = new Date(seconds * 1000);
   return date.toDateString() === new Date().toDateString() ? timeOnly.format(date) : dateTime.format(date);
+}
+
+/** A Unix time in seconds, short, as [date or null (today), time of day]: the parts
+ * `formatTime` joins, for a cell that may break between them. */
+export function formatTimeParts(seconds) {
+  if (!validTime(seconds)) return [null, '—'];
+  const date = new Date(seconds * 1000);
+  return [date.toDateString() === new Date().toDateString() ? null : dateOnly.format(date), timeOnly.format(date)];
 }
 
 /** A Unix time in seconds, in full (for tooltips). */

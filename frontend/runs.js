@@ -4,9 +4,23 @@
 // Rows: `#runs tr[data-run-id][data-status]`; the selected one has aria-current="true".
 
 import { h, replaceChildren } from './dom.js';
-import { displayStatus, formatFullTime, formatRate, formatStep, formatTime } from './format.js';
+import { displayStatus, formatFullTime, formatRate, formatStep, formatTimeParts } from './format.js';
 
 const SEVERITIES = ['critical', 'warning'];
+
+/** When a run started, short: the time of day, after the date on a line of its own if not today
+ * (the column stays narrow, the name gets the room). */
+function startedText(seconds) {
+  const [date, time] = formatTimeParts(seconds);
+  const at = h('span', { class: 'time' }, time);
+  return date === null ? at : [h('span', { class: 'day' }, date), ' ', at];
+}
+
+/** A run name as text with line-break chances after each '_', '/', '.', ':' and '=' too (a
+ * browser breaks after '-' by itself), so a long name wraps at its parts, not mid-word. */
+export function breakable(name) {
+  return String(name).split(/(?<=[_/.:=])/).flatMap((part, i) => (i ? [h('wbr'), part] : [part]));
+}
 
 export class RunsList {
   /**
@@ -120,7 +134,7 @@ export class RunsList {
     const silentFor = status === 'silent' ? `no data since ${formatFullTime(run.updated)}` : null;
     return h('tr', { dataset: { runId: run.id, status } },
       h('td', { class: 'pick-cell' }, box),
-      h('td', { class: 'name' }, h('a', { href: `#run=${run.id}`, title: run.name }, run.name)),
+      h('td', { class: 'name' }, h('a', { href: `#run=${run.id}`, title: run.name }, breakable(run.name))),
       h('td', { class: 'status-cell' }, h('span', { class: `status status-${status}`,
                                                     title: run.reason || silentFor }, status)),
       h('td', { class: 'num step' }, formatStep(run.last_step)),
@@ -130,7 +144,7 @@ export class RunsList {
           `${resolved} resolved`) : null,
         badges.length || resolved > 0 ? null : h('span', { class: 'muted' }, '—')),
       h('td', { class: 'started', title: formatFullTime(run.first_time ?? run.created) },
-        formatTime(run.first_time ?? run.created)),
+        startedText(run.first_time ?? run.created)),
     );
   }
 

@@ -5,9 +5,12 @@ spike, then the ×0 clip silently stalls it) and its ``softplus`` twin (recovers
 the public ``trainvitals.Monitor``, opens the run pages and the comparison in headless Chromium
 and saves PNGs:
 
-    docs/img/dashboard-stalled.png   the stalled run: health summary, clipped loss, alerts
+    docs/img/dashboard-stalled.png   the stalled run: incidents, health, charts side by side
     docs/img/dashboard-healthy.png   the softplus run, same spike, recovered
-    docs/img/dashboard-compare.png   both runs overlaid, aligned by step
+    docs/img/dashboard-compare.png   both runs overlaid, aligned by step, under how they differ
+    docs/img/dashboard-wide.png      the stalled run on a 2,560 px screen: three charts a row
+
+at 1,440 × 900 (the wide one at 2,560 × 1,440), as a laptop and a desktop monitor show them.
 
     .venv/bin/python scripts/screenshots.py [--out docs/img] [--steps N]
 
@@ -36,7 +39,8 @@ from trainvitals.server import ServerThread, Settings
 from trainvitals.server.security import new_token
 
 RUNS = {"demo-exp": "exp", "demo-softplus": "softplus"}  # run name -> demo variant
-VIEWPORT = {"width": 1600, "height": 1150}
+LAPTOP = {"width": 1440, "height": 900}
+WIDE = {"width": 2560, "height": 1440}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,14 +79,16 @@ def train_run(server: ServerThread, settings: Settings, name: str, variant: str,
 
 def shoot(url: str, ids: dict[str, int], out: Path) -> list[Path]:
     """Open each view in headless Chromium once it has settled and save a PNG of it."""
-    views = [("dashboard-stalled.png", f"#run={ids['demo-exp']}"),
-             ("dashboard-healthy.png", f"#run={ids['demo-softplus']}"),
-             ("dashboard-compare.png", f"#compare={ids['demo-exp']},{ids['demo-softplus']}")]
+    exp, softplus = ids["demo-exp"], ids["demo-softplus"]
+    views = [("dashboard-stalled.png", f"#run={exp}", LAPTOP),
+             ("dashboard-healthy.png", f"#run={softplus}", LAPTOP),
+             ("dashboard-compare.png", f"#compare={exp},{softplus}", LAPTOP),
+             ("dashboard-wide.png", f"#run={exp}", WIDE)]
     saved = []
     with sync_playwright() as pw:
         browser = launch(pw)
-        for file, route in views:
-            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+        for file, route, viewport in views:
+            page = browser.new_page(viewport=viewport, device_scale_factor=1)
             page.set_default_timeout(60_000)
             page.goto(f"{url}/{route}")
             page.wait_for_selector("#run-view[data-state='ready']")
@@ -99,8 +105,9 @@ def shoot(url: str, ids: dict[str, int], out: Path) -> list[Path]:
 def settle(page: Any) -> None:
     """Wait until charts are drawn and the fonts and layout have come to rest."""
     page.evaluate("window.trainvitals.settled()")
-    page.wait_for_function("() => [...document.querySelectorAll('.chart')]"
-                           ".every(el => el.classList.contains('js-plotly-plot'))")
+    page.wait_for_function("() => [...document.querySelectorAll('.chart')].every(el =>"
+                           " el.classList.contains('js-plotly-plot') && el._fullLayout"
+                           " && Math.abs(el._fullLayout.width - el.clientWidth) < 1)")
     page.wait_for_timeout(500)
 
 
