@@ -13,6 +13,7 @@ subprocess on 127.0.0.1 (which shares this machine's cores: pessimistic).
 
     .venv/bin/python bench/overhead.py            # full run (~10 min on 2 cores)
     .venv/bin/python bench/overhead.py --quick    # a few steps: checks the script works
+    .venv/bin/python bench/overhead.py --compile  # compiled vs compiled + trainvitals
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 
 import torch
 from common import LoadMeter, ServerProcess, fmt, header, note, percentile, table
+from torch._dynamo.utils import counters
 from workloads import (
     LOGGERS,
     Logger,
@@ -34,12 +36,15 @@ from workloads import (
 )
 
 ROW_ORDER = LOGGERS
+COMPILED_KINDS = ("none", "tv_stats", "tv_server", "tv_watch")
 
 
 def main() -> int:
     args = _parse()
     torch.set_num_threads(args.threads)
     kinds = [k for k in ROW_ORDER if k != "tv_watch" or has_watch()]
+    if args.compile:  # compiled vs compiled + trainvitals (the peers' cost is not the question)
+        kinds = [k for k in kinds if k in COMPILED_KINDS]
     meter = LoadMeter()
     reports: list[tuple[str, list[list[str]]]] = []
     notes: list[str] = []
@@ -51,6 +56,9 @@ def main() -> int:
     print(header("Training overhead (bench/overhead.py)", meter, versions=peer_versions(),
                  extra=[f"torch threads: {args.threads}; {args.rounds} rounds × {args.block} "
                         f"steps per variant after {args.warmup} warm-up round(s)",
+                        *(["every model runs under torch.compile (default settings, inductor); "
+                           "graph breaks counted by Dynamo: "
+                           f"{sum(counters['graph_break'].values())}"] if args.compile else []),
                         *describe(args.workloads),
                         *([] if has_watch() else ["Monitor.watch does not exist yet: no watch "
                                                   "row"]),
@@ -73,6 +81,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--block", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=2, help="rounds not counted")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="run every variant's model under torch.compile: compiled vs "
+                             "compiled + trainvitals")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.block, args.warmup = 2, 1, 0
@@ -88,7 +99,7 @@ def run_workload(name: str, kinds: list[str], args: argparse.Namespace,
     workloads = {}
     for kind in kinds:
         loggers[kind] = make_logger(kind, device, server.ws_url, server.token)
-        workloads[kind] = make_workload(name, device)
+        workloads[kind] = make_workload(name, device, compiled=args.compile)
         loggers[kind].setup(workloads[kind].model, f"bench-{name}-{kind}-{stamp}")
     blocks: dict[str, list[list[float]]] = {k: [] for k in kinds}
     inside: dict[str, int] = {}

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -290,7 +291,13 @@ def _demo_pool(device: str) -> list[SceneBatch]:
                                 valid=b.valid.to(device)) for b in pool]
 
 
-def _demo(device: torch.device) -> Workload:
+def _compiled(model: nn.Module, compiled: bool) -> Callable[..., Any]:
+    """What the training step calls: the module, or ``torch.compile`` of it (default
+    settings). Hooks and watches go on the module itself, as a user puts them."""
+    return torch.compile(model) if compiled else model
+
+
+def _demo(device: torch.device, compiled: bool = False) -> Workload:
     config = DemoConfig()  # the demo's defaults; no spike is ever applied here
     torch.manual_seed(config.seed)
     model = PointMapNet(config.depth_activation).to(device)  # as demo.train builds it
@@ -298,10 +305,11 @@ def _demo(device: torch.device) -> Workload:
                                   weight_decay=config.weight_decay)
     pool = _demo_pool(str(device))
     feeds_exp = uses_exp(config.depth_activation)
+    net = _compiled(model, compiled)
 
     def forward(step: int) -> tuple[Watched, torch.Tensor, dict[str, torch.Tensor]]:
         batch = pool[step % len(pool)]
-        out = model(batch.image)
+        out = net(batch.image)
         watched = {"depth_raw": (out["z_raw"], feeds_exp), "depth": (out["depth"], False),
                    "local_points": (out["local_points"], False)}
         loss = pi3_loss(out["local_points"], batch.points, batch.valid)
@@ -331,17 +339,18 @@ class ConvNet(nn.Module):
         return stem, features, self.head(features)
 
 
-def _convnet(device: torch.device) -> Workload:
+def _convnet(device: torch.device, compiled: bool = False) -> Workload:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = ConvNet().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     pool = [(torch.randn(16, 3, 32, 32, generator=gen).to(device),
              torch.randint(0, 10, (16,), generator=gen).to(device)) for _ in range(16)]
+    net = _compiled(model, compiled)
 
     def forward(step: int) -> tuple[Watched, torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = pool[step % len(pool)]
-        stem, features, logits = model(images)
+        stem, features, logits = net(images)
         components = {"ce": F.cross_entropy(logits, labels),
                       "feature_l2": 1e-3 * features.pow(2).mean()}
         total = torch.stack(list(components.values())).sum()
@@ -353,7 +362,8 @@ def _convnet(device: torch.device) -> Workload:
                     device)
 
 
-WORKLOADS: dict[str, Callable[[torch.device], Workload]] = {"demo": _demo, "convnet": _convnet}
+WORKLOADS: dict[str, Callable[[torch.device, bool], Workload]] = {"demo": _demo,
+                                                                  "convnet": _convnet}
 DESCRIPTIONS = {
     "demo": "the demo's PointMapNet + π³ loss (DemoConfig defaults: batch 8×3×32², AdamW), "
             "watching depth_raw (feeds exp), depth, local_points; components points, normal",
@@ -362,9 +372,11 @@ DESCRIPTIONS = {
 }
 
 
-def make_workload(name: str, device: torch.device | str = "cpu") -> Workload:
-    """A fresh workload (same seed, same initial weights every time)."""
-    return WORKLOADS[name](torch.device(device))
+def make_workload(name: str, device: torch.device | str = "cpu", *,
+                  compiled: bool = False) -> Workload:
+    """A fresh workload (same seed, same initial weights every time); ``compiled``: its model
+    runs under ``torch.compile``."""
+    return WORKLOADS[name](torch.device(device), compiled)
 
 
 def describe(workloads: list[str]) -> list[str]:

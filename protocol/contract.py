@@ -34,7 +34,10 @@ def contract() -> dict[str, Any]:
                             "trainable": series.TRAINABLE, "frozen": series.FROZEN,
                             "not_optimised": series.NOT_OPTIMISED,
                             "lr_group": series.LR_GROUP, "normalisation": series.NORMALISATION,
-                            "backward_factor": series.BACKWARD_FACTOR},
+                            "backward_factor": series.BACKWARD_FACTOR,
+                            "amp_skipped": series.AMP_SKIPPED, "amp_scale": series.AMP_SCALE,
+                            "micro_batches": series.MICRO_BATCHES,
+                            "first_bad_micro_batch": series.FIRST_BAD_MICRO_BATCH},
         "normalisation_stats": list(series.NORMALISATION_STATS),
         "non_finite_strings": sorted(NON_FINITE_STRINGS),
     }

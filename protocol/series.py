@@ -25,11 +25,15 @@ from typing import Literal
 from trainvitals.protocol.messages import Step, TensorStats
 
 __all__ = [
+    "AMP_SCALE",
+    "AMP_SKIPPED",
     "BACKWARD_FACTOR",
     "COMPONENT",
     "DEAD_GRADS",
+    "FIRST_BAD_MICRO_BATCH",
     "FROZEN",
     "LR_GROUP",
+    "MICRO_BATCHES",
     "NORMALISATION",
     "NORMALISATION_STATS",
     "NOT_OPTIMISED",
@@ -60,6 +64,10 @@ NOT_OPTIMISED = "not_optimised/"  # trainable tensors of a module that no optimi
 # d(loss used)/d(raw loss), as backward brought it to the raw loss (``attach``): 0 means a guard
 # zeroed the loss before backward.
 BACKWARD_FACTOR = "backward_factor"
+# A GradScaler's step (``watch_scaler``): 1 when it skipped the optimizer step, and its scale.
+AMP_SKIPPED, AMP_SCALE = "amp/skipped", "amp/scale"
+# Gradient accumulation: how many micro-batches the step had, the first non-finite one (-1: none)
+MICRO_BATCHES, FIRST_BAD_MICRO_BATCH = "micro/batches", "micro/first_nonfinite"
 LR_GROUP = "lr/group"
 NORMALISATION = "normalisation/"
 NORMALISATION_STATS = ("denominator_min", "eps", "valid_min", "valid_zero")

@@ -181,7 +181,9 @@ def _alert_config(settings: Settings) -> AlertConfig:
                        thresholds=tuple(Threshold.parse(t) for t in settings.thresholds),
                        headroom_warning=settings.headroom_warning,
                        headroom_critical=settings.headroom_critical,
-                       headroom_horizon=settings.headroom_horizon)
+                       headroom_horizon=settings.headroom_horizon,
+                       amp_skip_steps=settings.amp_skip_steps,
+                       amp_scale_floor=settings.amp_scale_floor)
 
 
 def _version() -> str:

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     headroom_horizon: int = Field(
         1000, ge=1, description="warn when a steadily rising max would reach exp's overflow "
         "within this many steps")
+    amp_skip_steps: int = Field(
+        20, ge=1, description="a GradScaler that skips this many optimizer steps in a row "
+        "raises an amp incident (a few skips while it finds its scale are normal)")
+    amp_scale_floor: float = Field(
+        1.0, gt=0, description="a GradScaler's scale below this while it skips: collapsed "
+        "(an amp incident at once)")
     silent_after_s: float = Field(60.0, gt=0, description="seconds without data after which a "
                                   "running run is shown as silent")
     config: Path | None = Field(

@@ -30,12 +30,15 @@ from trainvitals.trainer_plugin.delivery.link import ingest_url as _ingest_url
 from trainvitals.trainer_plugin.delivery.sender import DeliveryStats, make_sender
 from trainvitals.trainer_plugin.values.clip import GuardSpec, OnNonFinite, guard_loss
 from trainvitals.trainer_plugin.values.denominators import denominator_scalars
+from trainvitals.trainer_plugin.values.devices import compiling
+from trainvitals.trainer_plugin.values.micro import MicroBatches
 from trainvitals.trainer_plugin.values.pending import PendingStep, TensorMeta
 from trainvitals.trainer_plugin.values.staging import StepStaging
 from trainvitals.trainer_plugin.values.stats import tensor_stats
 from trainvitals.trainer_plugin.watch.modules import ModuleWatch
 from trainvitals.trainer_plugin.watch.optimizer import UpdateWatch
 from trainvitals.trainer_plugin.watch.registry import WatchSet
+from trainvitals.trainer_plugin.watch.scaler import ScalerWatch
 
 __all__ = ["CallTimes", "Monitor"]
 
@@ -52,6 +55,8 @@ def _timed(method: F) -> F:
 
     @functools.wraps(method)
     def timed(self: Monitor, *args: Any, **kwargs: Any) -> Any:
+        if compiling():  # no clock inside a torch.compile trace (it cannot be traced)
+            return method(self, *args, **kwargs)
         sender = self._sender
         offline = sender is None or not sender.connected
         start = time.perf_counter()
@@ -110,6 +115,7 @@ class Monitor:
         self._seq = 0
         self._closed = False
         self._staging = StepStaging()
+        self._micro = MicroBatches()
         self._watches = WatchSet(self._staging)
         self._tensors: dict[str, TensorMeta] = {}
         self._guard: tuple[GuardSpec, tuple[str, ...]] | None = None
@@ -135,8 +141,11 @@ class Monitor:
         overflow for its dtype is recorded too.
         """
         _checked(name)
-        self._staging.add(f"t/{name}", tensor_stats(t))
-        self._tensors[name] = TensorMeta(t.numel(), t.dtype, feeds_exp)
+        stats = self._micro.tensor(name, tensor_stats(t))  # merged over the step's micro-batches
+        self._staging.add(f"t/{name}", stats)
+        seen = self._tensors.get(name)
+        count = t.numel() + (seen.count if seen is not None else 0)
+        self._tensors[name] = TensorMeta(count, t.dtype, feeds_exp)
 
     @_timed
     def clip_guard(
@@ -151,6 +160,7 @@ class Monitor:
         (this one reads the loss on the host). The event is sent with the next ``log_step``.
         """
         used = guard_loss(loss, threshold, on_nonfinite)
+        self._micro.loss(loss)
         self._staging.add("g/raw", loss)
         self._staging.add("g/used", used)
         names = self._stage_map("gc", components)
@@ -178,7 +188,17 @@ class Monitor:
             if value is not None:
                 self._staging.add(key, _scalar(key, value))
         component_names = self._stage_map("c", components)
-        scalar_names = self._stage_map("s", scalars)
+        micro = self._micro.scalars()
+        scalar_names = self._stage_map("s", {**micro, **(scalars or {})})
+        self._micro.reset()
+        self._end_step(step, component_names, scalar_names)
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _end_step(self, step: int, component_names: tuple[str, ...],
+                  scalar_names: tuple[str, ...]) -> None:
+        """The host half of ``log_step``: seal the staging and queue the record. Never traced:
+        inside a compiled function it is the one graph break ``log_step`` costs (the values
+        were staged inside the graph)."""
         self._seq += 1
         watched = self._watches.seal(step)  # before the staging is sealed: it stages too
         pending = PendingStep(
@@ -210,6 +230,16 @@ class Monitor:
         """
         return self._watches.watch(model, name=check_name(name), op_trace=op_trace,
                                    trace_window=trace_window)
+
+    def watch_scaler(self, scaler: Any, *,
+                     after_update: Callable[[], None] | None = None) -> ScalerWatch:
+        """Record what a mixed-precision ``torch.amp.GradScaler`` does each step: the scale
+        (``amp/scale``) and whether it skipped the optimizer step for Inf/NaN gradients
+        (``amp/skipped``). A skipped step is how a GradScaler finds its scale — the server
+        does not call it an incident; skipping that persists, or a scale that collapses, is
+        one. ``remove()`` on the returned handle stops it. ``after_update`` is called after
+        each ``scaler.update()`` (adapters end a skipped step there)."""
+        return ScalerWatch(scaler, self._watches.scalar, after_update)
 
     def watch_optimizer(self, optimizer: torch.optim.Optimizer,
                         model: torch.nn.Module | None = None, *, every: int = 1) -> UpdateWatch:
@@ -317,7 +347,9 @@ class Monitor:
 
 def _checked(name: str) -> str:
     """``check_name``, remembered for the few names a training loop repeats every step."""
-    return _valid_name(name) if type(name) is str else check_name(name)
+    if type(name) is not str or compiling():  # no lru_cache inside a torch.compile trace
+        return check_name(name)
+    return _valid_name(name)
 
 
 @functools.lru_cache(maxsize=4096)

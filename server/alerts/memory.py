@@ -70,8 +70,21 @@ class RankMemory:
     and gradient norms, the latest non-finite origin, recent maxima of tensors that feed
     ``exp``, and the streaks of steps without learning (whole model and per module)."""
 
-    __slots__ = ("_window", "clipped", "clips", "grad_logs", "grad_streak", "learning_streak",
-                 "loss_streak", "losses", "maxima", "module_streaks", "origin", "origin_active")
+    __slots__ = (
+        "_window",
+        "amp_streak",
+        "clipped",
+        "clips",
+        "grad_logs",
+        "grad_streak",
+        "learning_streak",
+        "loss_streak",
+        "losses",
+        "maxima",
+        "module_streaks",
+        "origin",
+        "origin_active",
+    )
 
     def __init__(self, config: AlertConfig) -> None:
         self.loss_streak = Streak()
@@ -86,6 +99,7 @@ class RankMemory:
         self.learning_streak = Streak()
         self.grad_logs: deque[float] = deque(maxlen=config.spike_window)  # log10 grad norms
         self.module_streaks: dict[str, Streak] = {}  # per module, for module_learning
+        self.amp_streak = Streak()  # consecutive steps a GradScaler skipped
 
     def advance(self, step: Step) -> None:
         """Count ``step`` into the streaks and the clip window (not the loss baseline)."""

@@ -163,6 +163,8 @@ class AlertConfig:
     no_learning_ratio: float = 1e-8  # ‖Δθ‖/‖θ‖ at or below this is "did not move"
     explosion_factor: float = 100.0  # pre-clip grad norm this many × its median: an explosion
     explosion_history: int = 10  # finite grad norms needed before the explosion rule judges
+    amp_skip_steps: int = 20  # consecutive GradScaler skips that make an incident
+    amp_scale_floor: float = 1.0  # a GradScaler's scale below this while skipping: collapsed
 
     def __post_init__(self) -> None:
         for name in ("stall_steps", "resolve_after", "clip_window", "spike_window",

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from trainvitals.protocol import Step
 from trainvitals.server.alerts.rule import Rule
 from trainvitals.server.alerts.rules import (
+    amp,
     clip,
     grad_explosion,
     headroom,
@@ -36,6 +37,7 @@ RULES: tuple[Rule, ...] = (
     no_learning.RULE,
     module_learning.RULE,
     normalisation.RULE,
+    amp.RULE,
 )
 RULE_NAMES = tuple(rule.name for rule in RULES)
 _BY_NAME = {rule.name: rule for rule in RULES}

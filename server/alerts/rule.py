@@ -16,7 +16,7 @@ __all__ = ["HEALTH", "Observes", "Rule", "RuleContext", "every_step"]
 # The rules about the training signal itself. A cause found by the broad ones (a non-finite
 # value, a spike, an overflow risk, a degenerate denominator) explains what follows of these.
 HEALTH = frozenset({"nonfinite", "clip", "stall", "spike", "headroom", "normalisation",
-                    "no_learning", "grad_explosion", "module_learning", "threshold"})
+                    "no_learning", "grad_explosion", "module_learning", "threshold", "amp"})
 
 Observes = Callable[[str, Step, Mapping[str, float]], bool]
 

@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 TIMEOUT = 600
 SCRIPTS = {
     "overhead": ["overhead.py", "--quick"],
+    "overhead_compiled": ["overhead.py", "--quick", "--compile", "--workloads", "convnet"],
     "hotpath": ["hotpath.py", "--quick"],
     "ingest": ["ingest.py", "--quick"],
     "longrun": ["longrun.py", "--quick"],
@@ -82,6 +83,16 @@ def test_overhead_prints_every_variant_for_both_workloads(launched) -> None:
     assert names == variants * 2
     assert out.count(" 0 dropped") == 2 * (len(variants) - 5)  # every server variant delivered
     assert "versions: torch" in out and "tensorboard" in out and "wandb" in out
+
+
+def test_overhead_compiled_compares_compiled_with_compiled_plus_trainvitals(launched) -> None:
+    out = finish(launched["overhead_compiled"])
+    names = [n for n in column(out, 0) if n != "variant"]
+    assert names == ["none", "trainvitals, statistics only (server=None, spool=None)",
+                     "trainvitals → server", "trainvitals + watch(model) → server"]
+    assert "every model runs under torch.compile" in out
+    assert "graph breaks counted by Dynamo: 0" in out  # trainvitals broke no graph
+    assert out.count(" 0 dropped") == 2
 
 
 def test_hotpath_times_every_plugin_call(launched) -> None:

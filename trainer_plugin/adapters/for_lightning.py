@@ -65,6 +65,9 @@ class LightningCallback(pl.Callback):
         if self._updates and trainer.optimizers:
             self._removers.append(
                 self.monitor.watch_optimizer(trainer.optimizers[0], pl_module).remove)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # precision="16-mixed"
+        if scaler is not None:  # its skipped steps are data; Lightning counts them as steps
+            self._removers.append(self.monitor.watch_scaler(scaler).remove)
         loss_module = (getattr(pl_module, self._loss_module)
                        if isinstance(self._loss_module, str) else self._loss_module)
         if loss_module is not None:

@@ -65,11 +65,14 @@ class TransformersCallback(transformers.TrainerCallback):
                 "config": plain_config(args.to_dict()), **self._options})
         optimizer = kwargs.get("optimizer")
         self._optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate wraps it
+        scaler = getattr(optimizer, "scaler", None)  # fp16=True: Accelerate's GradScaler
         self._recorder = recorder = StepRecorder(self.monitor, start_step=state.global_step)
         if self._watch:
             self._removers.append(self.monitor.watch(model).remove)
         if self._updates and self._optimizer is not None:
             self._removers.append(self.monitor.watch_optimizer(self._optimizer, model).remove)
+        if scaler is not None:  # skipped steps are data; the Trainer counts them as steps
+            self._removers.append(self.monitor.watch_scaler(scaler).remove)
         recorder.hook_grads(model.parameters())
         recorder.hook_loss(model if self._loss_module is None else self._loss_module)
         if self.accelerator is not None:

@@ -101,7 +101,7 @@ def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
            loss_module: torch.nn.Module | None = None, accelerator: Any = None,
            tensors: Mapping[str, str | torch.nn.Module] | None = None,
            feeds_exp: Collection[str] = (), watch: bool = True, updates: bool = True,
-           start_step: int = 0, **monitor_options: Any) -> Attachment:
+           scaler: Any = None, start_step: int = 0, **monitor_options: Any) -> Attachment:
     """Hook ``model`` and ``optimizer`` (and ``loss_module``) onto ``monitor`` or a new
     ``Monitor(run, **monitor_options)``.
 
@@ -110,10 +110,14 @@ def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
     ``feeds_exp``: those of them that go into ``exp`` (headroom). ``watch`` / ``updates``
     switch ``Monitor.watch`` and ``Monitor.watch_optimizer`` on. ``accelerator``: an
     ``accelerate.Accelerator`` after ``prepare`` (its ``TrainvitalsTracker``'s monitor is
-    used when none is given). ``start_step``: the number of the first optimizer step."""
+    used when none is given; its GradScaler is watched). ``scaler``: the mixed-precision
+    ``torch.amp.GradScaler`` (``Monitor.watch_scaler``; a step it skips is recorded as a step,
+    with ``amp/skipped`` = 1). ``start_step``: the number of the first optimizer step."""
+    scaler = scaler if scaler is not None else getattr(optimizer, "scaler", None)  # Accelerate
     if accelerator is not None:  # hooks go on what ``prepare`` wrapped
         model = accelerator.unwrap_model(model)
         optimizer = getattr(optimizer, "optimizer", optimizer)
+        scaler = scaler if scaler is not None else getattr(accelerator, "scaler", None)
         if monitor is None and run is None:
             monitor = _accelerate().tracker_monitor(accelerator)
     monitor, _ = own_monitor(monitor, run, monitor_options)
@@ -122,6 +126,8 @@ def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
     removers = [w.remove for w in (monitor.watch(model) if watch else None,
                                    monitor.watch_optimizer(optimizer, model) if updates else None)
                 if w is not None]
+    if scaler is not None:
+        removers.append(monitor.watch_scaler(scaler, after_update=recorder.scaler_updated).remove)
     recorder.hook_grads(model.parameters())
     recorder.hook_optimizer(optimizer)
     if loss_module is not None:

@@ -60,6 +60,8 @@ class StepRecorder:
     def raw_loss(self, value: Number) -> None:
         """The loss before any trainer-side guard (mean over the step's micro-batches)."""
         self._raw.add(value)
+        if isinstance(value, torch.Tensor):
+            self.monitor._micro.loss(value)  # which micro-batch went bad, if one does
         self._begun = True
 
     def used_loss(self, value: Number) -> None:
@@ -186,6 +188,13 @@ class StepRecorder:
             lr = optimizer.param_groups[0].get("lr")
             if isinstance(lr, (torch.Tensor, float, int)) and not isinstance(lr, bool):
                 self._lr = lr
+
+    def scaler_updated(self) -> None:
+        """A GradScaler's ``update()`` ran: the optimizer step is over. When the scaler skipped
+        it (Inf/NaN gradients) no optimizer hook fired, so the step ends here; it is numbered
+        like any other, as the frameworks count it."""
+        if self._done is None and self._begun:
+            self.step_done()
 
     def flush(self) -> None:
         """Send the finished step's record, if one is waiting."""

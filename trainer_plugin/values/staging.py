@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from trainvitals.trainer_plugin.values.devices import reads_now
+from trainvitals.trainer_plugin.values.devices import local, reads_now
 
 __all__ = ["PendingValues", "StepStaging"]
 
@@ -73,6 +73,7 @@ class StepStaging:
             self._constants[key] = ([float(value)] if isinstance(value, (int, float))
                                     else [float(v) for v in value])
             return
+        value = local(value)  # a replicated DTensor (FSDP2's grad norm): its local copy
         if reads_now(value):
             # float(): a bool or an int becomes what the float64 copy would have made of it.
             self._constants[key] = ([float(value.item())] if value.numel() == 1

@@ -37,7 +37,12 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from trainvitals.protocol import NonFiniteOrigin
-from trainvitals.trainer_plugin.values.devices import reads_now
+from trainvitals.trainer_plugin.values.devices import (
+    compiling,
+    eager_when_alone,
+    local,
+    reads_now,
+)
 from trainvitals.trainer_plugin.values.staging import StepStaging
 from trainvitals.trainer_plugin.watch.host import HostSteps, watched_tensors
 from trainvitals.trainer_plugin.watch.optrace import (
@@ -105,6 +110,10 @@ class ModuleWatch:
         self._module_handles: list[RemovableHandle] = []
         # .to()/.cuda() move a parameter's data, not the parameter: its device stays current.
         self._probe = next(itertools.chain(model.parameters(), model.buffers()), None)
+        # A sharded model (FSDP) gathers its parameters in its forward, a collective: re-running
+        # the forward on one rank (the CPU path's localisation, the op tracer) would hang the
+        # others or break the process group. It takes the device path: no re-run, ever.
+        self._collective = runs_collectives(model)
         self.reads_now = self._choose()
 
     def remove(self) -> None:
@@ -127,7 +136,8 @@ class ModuleWatch:
         """The CPU path for a model whose parameters (or buffers) live where reads are free;
         module hooks on for the device path, off for the CPU path."""
         probe = self._probe
-        host = not self._host.saw_device and (probe is None or reads_now(probe))
+        host = (not self._host.saw_device and not self._collective
+                and (probe is None or reads_now(probe)))
         self._hook_modules(not host)
         return host
 
@@ -147,6 +157,7 @@ class ModuleWatch:
     # ------------------------------------------------------------ hooks (training thread)
 
     def _reset(self) -> None:
+        self._compiled = False  # this step's forward ran inside a torch.compile graph
         self._values: list[torch.Tensor] = []
         self._calls: list[tuple[int, int, int]] = []
         self._grad_values: list[torch.Tensor] = []
@@ -156,9 +167,13 @@ class ModuleWatch:
     def _full(self) -> bool:
         return self.recorded() >= MAX_VALUES
 
+    @eager_when_alone
     def _before(self, index: int, module: torch.nn.Module, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> None:
-        if self._tracing is not None:
+        if compiling():  # traced into a torch.compile graph: the device path, no RNG reads
+            self._compiled = True
+            self._stack.append(_max_abs((args, kwargs)))
+        elif self._tracing is not None:
             self._tracing.append(index)
         elif not self.reads_now or self._module_handles:  # every module: device path, re-run
             if index == ROOT and self._recorder is not None and not self.reads_now:
@@ -170,12 +185,13 @@ class ModuleWatch:
                 self._recorder.keep(self._index, call)
             self._host.root_starts(call)
 
+    @eager_when_alone
     def _after(self, index: int, module: torch.nn.Module, args: tuple[Any, ...],
                kwargs: dict[str, Any], output: Any) -> None:
-        if self._tracing is not None:
+        if self._tracing is not None and not compiling():
             if self._tracing:
                 self._tracing.pop()
-        elif not self.reads_now or self._module_handles:
+        elif compiling() or not self.reads_now or self._module_handles:
             # LIFO: a forward that raised left its inputs below; the next call pops its own.
             inputs = self._stack.pop() if self._stack else []
             if self._full():
@@ -191,7 +207,8 @@ class ModuleWatch:
         grad = param.grad
         if grad is None:
             return
-        if self.reads_now:  # as little as possible here: read with the others at the end
+        grad = local(grad)  # FSDP2: this rank's shard (no collective in a hook)
+        if self.reads_now and not self._compiled:  # read with the others at the end
             self._host.grad_refs.append((index, grad))
             if not self._host.end_queued:
                 self._host.end_queued = True
@@ -276,7 +293,7 @@ class ModuleWatch:
 
     def seal(self, staging: StepStaging, key: str) -> WatchFrame:
         """Stage this step's values (one stacked tensor per device) and start the next step."""
-        if self.reads_now:
+        if self.reads_now and not self._compiled:
             forward_bad = self._host.forward_bad
             calls, values, grads, grad_values, bad = self._host.take()
             frame = WatchFrame(self.names, self.types, self.params, self._index, tuple(calls),
@@ -339,7 +356,8 @@ class ModuleWatch:
     def may_trace(self) -> bool:
         """Whether an op-level trace is on and has not been requested yet."""
         with self._lock:
-            return self._recorder is not None and not self._traced and not self.removed
+            return (self._recorder is not None and not self._traced and not self.removed
+                    and not self._collective)
 
     def poll(self) -> NonFiniteOrigin | None:
         """Training thread: run a requested op-level trace now; its origin, if it found one."""
@@ -379,3 +397,12 @@ def _max_abs(obj: Any) -> list[torch.Tensor]:
 
 def _qualified(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if name else prefix
+
+
+def runs_collectives(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward runs collectives: sharded by FSDP2 (``fully_shard``: DTensor
+    parameters, modules that ``unshard``) or wrapped by FSDP1 (``FullyShardedDataParallel``)."""
+    if any(hasattr(p, "placements") for p in model.parameters()):
+        return True
+    return any((hasattr(m, "unshard") and hasattr(m, "reshard"))
+               or type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())

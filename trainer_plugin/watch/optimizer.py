@@ -29,6 +29,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from trainvitals.protocol import series
+from trainvitals.trainer_plugin.values.devices import local
 
 __all__ = ["ROOT_GROUP", "UpdateWatch"]
 
@@ -57,6 +58,7 @@ class UpdateWatch:
         optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._groups = [self._group(name, params, optimised) for name, params in _named_groups(
             optimizer, model)]
+        self._sharded = any(local(p) is not p for p in self._params)  # FSDP2 DTensors
         self._steps = 0
         self._measuring = False
         self._snapshot: list[torch.Tensor] | None = None
@@ -87,19 +89,26 @@ class UpdateWatch:
         self._measuring = (self._steps - 1) % self.every == 0
         if self._measuring and self._params:
             with torch.no_grad():
-                self._snapshot = list(torch._foreach_mul(self._params, 1.0))
+                self._snapshot = list(torch._foreach_mul(self._locals(), 1.0))
+
+    def _locals(self) -> list[torch.Tensor]:
+        """The parameters as this process holds them: FSDP2's shards (``devices.local``)."""
+        return [local(p) for p in self._params] if self._sharded else self._params
 
     def _stage_dead(self) -> None:
-        grads = {i: p.grad for i, p in enumerate(self._params) if p.grad is not None}
-        norms = dict(zip(grads, torch._foreach_norm(list(grads.values()), ord=float("inf")),
-                         strict=True)) if grads else {}
+        grads = {i: local(p.grad) for i, p in enumerate(self._params) if p.grad is not None}
+        empty = {i for i, g in grads.items() if g.numel() == 0}  # a shard this rank lacks
+        held = {i: g for i, g in grads.items() if i not in empty}
+        norms = dict(zip(held, torch._foreach_norm(list(held.values()), ord=float("inf")),
+                         strict=True)) if held else {}
         for group in self._groups:
             self._scalar(f"{series.TRAINABLE}{group.name}", len(group.trainable))
             self._scalar(f"{series.FROZEN}{group.name}", group.frozen)
             if group.not_optimised:
                 self._scalar(f"{series.NOT_OPTIMISED}{group.name}", group.not_optimised)
             zero = [norms[i] == 0 for i in group.trainable if i in norms]
-            missing = len(group.trainable) - len(zero)  # no gradient reached them at all
+            # no gradient reached them at all (an empty shard of one did: it is not dead)
+            missing = len(group.trainable) - len(zero) - len(empty & set(group.trainable))
             self._scalar(f"{series.DEAD_GRADS}{group.name}",
                          _stack(zero).sum() + missing if zero else missing)
 
@@ -115,12 +124,14 @@ class UpdateWatch:
 
     def _stage_updates(self, snapshot: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            moved = torch._foreach_norm(torch._foreach_sub(self._params, snapshot))
-            sizes = torch._foreach_norm(self._params)
+            params = self._locals()
+            moved = torch._foreach_norm(torch._foreach_sub(params, snapshot))
+            sizes = torch._foreach_norm(params)
             for group in self._groups:
-                if group.trainable:
-                    delta = torch.linalg.vector_norm(_stack([moved[i] for i in group.trainable]))
-                    size = torch.linalg.vector_norm(_stack([sizes[i] for i in group.trainable]))
+                held = [i for i in group.trainable if not self._sharded or params[i].numel()]
+                if held:  # FSDP2: a module none of whose shards this rank holds says nothing
+                    delta = torch.linalg.vector_norm(_stack([moved[i] for i in held]))
+                    size = torch.linalg.vector_norm(_stack([sizes[i] for i in held]))
                     self._scalar(f"{series.UPDATE}{group.name}", delta / size.clamp_min(TINY))
 
     def _stage_lrs(self) -> None:

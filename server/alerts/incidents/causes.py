@@ -29,6 +29,7 @@ _AT = {name: i for i, name in enumerate(STAGES)}
 _TOP = {"loss": "loss", "loss_used": "used", "grad_norm": "backward",
         "grad_norm_post": "applied", "lr": "other"}
 _RULE = {"clip": "guard", "spike": "loss", "grad_explosion": "backward", "headroom": "forward",
+         "amp": "backward",
          "no_learning": "update", "module_learning": "update"}
 
 

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from trainvitals.protocol import Step
-from trainvitals.protocol.series import LR_GROUP
+from trainvitals.protocol.series import FIRST_BAD_MICRO_BATCH, LR_GROUP, MICRO_BATCHES
 
 __all__ = ["RECENT", "Recent", "StepFacts"]
 
@@ -23,13 +23,19 @@ class StepFacts:
     lr: float | None
     loss: float | None
     components: dict[str, float] = field(default_factory=dict)
+    # gradient accumulation: (the first micro-batch that went non-finite, 0-based; how many)
+    micro: tuple[int, int] | None = None
 
 
 def facts_of(step: Step) -> StepFacts:
     """``step``'s facts; the lr is the step's own, else the first parameter group's."""
     lr = step.lr if step.lr is not None else step.scalars.get(f"{LR_GROUP}0")
     components = {k: v for k, v in step.components.items() if not math.isnan(v)}
-    return StepFacts(step.step, lr, step.loss, components)
+    first, count = (step.scalars.get(FIRST_BAD_MICRO_BATCH, -1.0),
+                    step.scalars.get(MICRO_BATCHES, 0.0))
+    micro = (int(first), int(count)) if math.isfinite(first) and first >= 0 and count > 1 \
+        else None
+    return StepFacts(step.step, lr, step.loss, components, micro)
 
 
 class Recent:

@@ -82,7 +82,7 @@ def diagnose(evidence: Sequence[Evidence], history: Sequence[StepFacts],
     kind = "lr_spike" if why.startswith("the learning rate") and what.kind in _LR_EFFECTS \
         else what.kind
     where = f"Rank {rank}: " if world > 1 else ""
-    headline = f"{where}{what.text}" + (f" — {why}" if why else "")
+    headline = f"{where}{what.text}{_micro_batch(history, onset)}" + (f" — {why}" if why else "")
     headline += "" if headline.endswith(("?", ".")) else "."
     spread = sorted({e.rank for e in evidence} - {rank})
     if spread:
@@ -91,6 +91,12 @@ def diagnose(evidence: Sequence[Evidence], history: Sequence[StepFacts],
     return Diagnosis(kind, headline, remedy_for(kind),
                      {**what.facts, "onset": onset, "why": why,
                       "what": known_what if escalated and known_what else first_what})
+
+
+def _micro_batch(history: Sequence[StepFacts], onset: int) -> str:
+    """Which micro-batch of the onset step went non-finite first, when it accumulated."""
+    micro = next((f.micro for f in history if f.step == onset), None)
+    return "" if micro is None else f" (in micro-batch {micro[0] + 1} of {micro[1]})"
 
 
 # --------------------------------------------------------------------------- what happened

@@ -40,6 +40,8 @@ REMEDIES: dict[str, str] = {
     "no_learning": "check the learning rate and that gradients reach the weights",
     "overflow_risk": "clamp the pre-activation or switch it to a wider dtype before it "
                      "overflows",
+    "amp": "find the first non-finite value in the forward or the loss (watch(model)); no "
+           "loss scale can fix those — or train this part in bfloat16",
     "threshold": "your own rule: see its series",
 }
 

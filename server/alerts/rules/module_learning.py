@@ -26,6 +26,7 @@ from trainvitals.server.alerts import text
 from trainvitals.server.alerts.memory import Streak
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding, Severity
 from trainvitals.server.alerts.rule import Rule, RuleContext
+from trainvitals.server.alerts.rules.amp import amp_skipped
 from trainvitals.server.alerts.rules.no_learning import reports_learning
 
 __all__ = ["RULE", "module_findings"]
@@ -124,8 +125,8 @@ def _observes(series_name: str, step: Step, values: Mapping[str, float]) -> bool
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:
-    if not reports_learning(ctx.values):
-        return []
+    if not reports_learning(ctx.values) or amp_skipped(ctx.step):
+        return []  # a step a GradScaler skipped moved nothing by design: not counted
     return module_findings(ctx.step, ctx.values, ctx.memory.module_streaks, ctx.config)
 
 

@@ -23,6 +23,7 @@ from trainvitals.server.alerts import text
 from trainvitals.server.alerts.memory import Streak
 from trainvitals.server.alerts.model import AlertConfig, Details, Finding
 from trainvitals.server.alerts.rule import Rule, RuleContext
+from trainvitals.server.alerts.rules.amp import amp_skipped
 
 __all__ = ["RULE", "UPDATE", "learned", "no_learning", "reports_learning"]
 
@@ -78,6 +79,8 @@ def _observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:
+    if amp_skipped(ctx.step):  # a GradScaler skipped it: nothing moved by design, not counted
+        return []
     return no_learning(ctx.step, ctx.values, ctx.memory.learning_streak, ctx.config,
                        "update" in ctx.open_series)
 

@@ -17,6 +17,7 @@ from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
 from trainvitals.server.alerts.origin import origin_details, origin_finding, origin_text
 from trainvitals.server.alerts.rule import HEALTH, Rule, RuleContext
+from trainvitals.server.alerts.rules.amp import amp_skipped
 
 __all__ = ["RULE", "nonfinite"]
 
@@ -105,8 +106,21 @@ def observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
     return series in values or (series == "loss" and step.clip is not None)
 
 
+# What a GradScaler's skipped step leaves non-finite by design: the (scaled) gradients and
+# what is computed from them. The forward, the loss and the tensors stay the rule's business.
+_SCALED = ("grad_norm", "grad_norm_post")
+
+
+def _after_backward(finding: Finding) -> bool:
+    if finding.series == "origin":
+        return finding.details.get("origin_stage") == "backward"
+    return finding.series in _SCALED or finding.series.startswith("scalar/")
+
+
 def _judge(ctx: RuleContext) -> list[Finding]:
     broken = nonfinite(ctx.step, ctx.values, ctx.memory.active_origin())
+    if amp_skipped(ctx.step):  # the scaler skipped this step: its gradients are data
+        broken = [f for f in broken if not _after_backward(f)]
     if not broken:
         ctx.memory.origin_active = False  # a clean step ends the episode it explained
     return broken

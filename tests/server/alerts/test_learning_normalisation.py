@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from trainvitals.protocol import Step
 from trainvitals.protocol.series import step_values
@@ -74,3 +75,35 @@ def test_names_with_slashes_keep_their_last_part_as_the_statistic() -> None:
                 scalars={"normalisation/loss/points/denominator_min": 0.0})
     (f,) = normalisation(step, step_values(step))
     assert "the denominator loss/points fell to 0" in f.message
+
+
+def test_steps_a_grad_scaler_skipped_do_not_count_as_not_learning() -> None:
+    """A GradScaler skips the optimizer step while it finds its scale: nothing moves then, by
+    design. Such steps neither make nor extend a no-learning or a dead-module streak."""
+    engine = AlertEngine(AlertConfig(stall_steps=3, amp_skip_steps=20))
+    skipped = {"update__a": 0.0, "update__b": 0.0, "trainable__a": 1, "trainable__b": 1,
+               "dead_grads__a": 1, "dead_grads__b": 0, "amp__skipped": 1.0}
+    moving = {"update__a": 1e-3, "update__b": 1e-3, "amp__skipped": 0.0}
+    steps = [at(n, **skipped) for n in range(8)] + [at(n, **moving) for n in range(8, 12)]
+    assert feed(engine, steps) == []
+    # the same steps without the scaler's word are a failure to learn
+    plain = {k: v for k, v in skipped.items() if k != "amp__skipped"}
+    assert ("no_learning" in {rule for _, _, rule in feed(AlertEngine(AlertConfig(stall_steps=3)),
+                                                            [at(n, **plain) for n in range(8)])})
+
+
+def test_skipping_that_persists_or_a_collapsed_scale_is_one_amp_finding() -> None:
+    def run(scale_of: Callable[[int], float]) -> list[tuple[int, str, str]]:
+        engine = AlertEngine(AlertConfig(amp_skip_steps=20, amp_scale_floor=1.0))
+        return feed(engine, [at(n, amp__skipped=float(n >= 5), amp__scale=scale_of(n))
+                             for n in range(30)])
+
+    persists = run(lambda n: 2.0**16)  # the scale stays high, the skips do not end
+    assert persists[0] == (24, "opened", "amp")  # the 20th consecutive skip
+    collapses = run(lambda n: 2.0 ** (16 - n))  # halved on every skip: below 1 at step 17
+    assert collapses[0] == (17, "opened", "amp")
+    assert {rule for _, _, rule in persists} == {"amp"}  # nothing else fires beside it
+    warm_up = feed(AlertEngine(AlertConfig(amp_skip_steps=20)),
+                   [at(n, amp__skipped=float(n < 10), amp__scale=2.0 ** (24 - min(n, 10)))
+                    for n in range(30)])
+    assert warm_up == []  # ten skips while the scale is found: data, not an incident

@@ -1,0 +1,93 @@
+"""Gradient accumulation: several micro-batches per optimizer step, one record per step.
+
+A NaN in micro-batch 3 of 4 must not be hidden by a clean micro-batch 4 (the statistics of a
+tensor logged several times in a step are merged), and the incident says which micro-batch.
+Against a real server, with real backward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trainvitals import Monitor, attach
+from trainvitals.protocol.series import FIRST_BAD_MICRO_BATCH, MICRO_BATCHES, scalar_series
+
+from .conftest import Told
+
+STEPS, MICRO, BAD_STEP, BAD_MICRO = 10, 4, 6, 2  # NaN in micro-batch index 2 (the 3rd)
+FIRST_BAD, BATCHES = scalar_series(FIRST_BAD_MICRO_BATCH), scalar_series(MICRO_BATCHES)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def _micro_batches() -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """STEPS optimizer steps of MICRO micro-batches; one input of the planted one is NaN."""
+    g = torch.Generator().manual_seed(0)
+    steps = [[(torch.randn(4, 8, generator=g), torch.randn(4, 1, generator=g))
+              for _ in range(MICRO)] for _ in range(STEPS)]
+    steps[BAD_STEP][BAD_MICRO][0][1, 3] = math.nan
+    return steps
+
+
+def test_monitor_merges_micro_batches_and_names_the_bad_one(
+        monitors: Callable[..., Monitor], told: Callable[..., Told]) -> None:
+    torch.manual_seed(0)
+    model, mon = Net(), monitors("accumulate-plain")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for step, micro in enumerate(_micro_batches()):
+        for x, y in micro:
+            out = model(x)
+            mon.tensor("out", out)
+            loss = mon.clip_guard(nn.functional.mse_loss(out, y), threshold=1e6)
+            (loss / MICRO).backward()
+        opt.step()
+        opt.zero_grad()
+        mon.log_step(step)
+    mon.close(timeout=30)
+    seen = told("accumulate-plain", "tensor/out/nan", "tensor/out/max", FIRST_BAD,
+                BATCHES, "loss")
+    assert seen.steps("tensor/out/nan") == list(range(STEPS))  # one record per step
+    assert seen.series[BATCHES] == {s: float(MICRO) for s in range(STEPS)}
+    assert seen.series[FIRST_BAD][BAD_STEP] == BAD_MICRO
+    assert all(seen.series[FIRST_BAD][s] == -1 for s in range(BAD_STEP))
+    # the NaN output of micro-batch 3 survives the clean micro-batch 4
+    assert seen.series["tensor/out/nan"][BAD_STEP] == 1.0
+    assert seen.series["tensor/out/nan"][BAD_STEP - 1] == 0.0
+    incident = seen.incidents[0]
+    assert incident["onset_step"] == BAD_STEP
+    assert f"(in micro-batch {BAD_MICRO + 1} of {MICRO})" in incident["headline"], (
+        incident["headline"])
+
+
+def test_attach_records_one_step_per_optimizer_step_and_the_bad_micro_batch(
+        monitors: Callable[..., Monitor], told: Callable[..., Told]) -> None:
+    torch.manual_seed(0)
+    model, criterion = Net(), nn.MSELoss()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    handle = attach(model, opt, monitor=monitors("accumulate-attach"), loss_module=criterion)
+    for micro in _micro_batches():  # the user's loop, unchanged
+        for x, y in micro:
+            (criterion(model(x), y) / MICRO).backward()
+        opt.step()
+        opt.zero_grad()
+    handle.close()
+    seen = told("accumulate-attach", "loss", FIRST_BAD, BATCHES)
+    assert seen.steps("loss") == list(range(STEPS))
+    assert seen.series[FIRST_BAD][BAD_STEP] == BAD_MICRO
+    assert seen.series[BATCHES][0] == MICRO
+    incident = seen.incidents[0]
+    assert incident["onset_step"] == BAD_STEP
+    assert f"(in micro-batch {BAD_MICRO + 1} of {MICRO})" in incident["headline"], (
+        incident["headline"])

@@ -1,0 +1,91 @@
+"""Gradient accumulation: several micro-batches make one optimizer step, and one record.
+
+A trainer that accumulates calls ``tensor(name, …)`` and ``clip_guard`` once per micro-batch
+and ``log_step`` once per optimizer step. The statistics of a tensor logged several times in
+one step are merged (counts and sums added, min of the minima, max of the maxima), so a NaN in
+micro-batch 3 of 4 is not overwritten by a clean micro-batch 4; and the step says how many
+micro-batches it had (``micro/batches``) and the first whose loss or tensors went non-finite
+(``micro/first_nonfinite``, 0-based, -1 for none) — computed on the device, no sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainvitals.protocol.series import FIRST_BAD_MICRO_BATCH, MICRO_BATCHES
+
+__all__ = ["MicroBatches", "merge_stats"]
+
+Stats = torch.Tensor | list[float]
+
+
+def merge_stats(a: Stats, b: Stats) -> Stats:
+    """The statistics of two parts of one tensor (see ``stats.unpack_stats`` for the order)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        counts = a[:4] + b[:4]
+        low, high = torch.minimum(a[4], b[4]), torch.maximum(a[5], b[5])
+        return torch.cat([counts, low.reshape(1), high.reshape(1), (a[6] + b[6]).reshape(1)])
+    x = a.tolist() if isinstance(a, torch.Tensor) else list(a)
+    y = b.tolist() if isinstance(b, torch.Tensor) else list(b)
+    return [*(p + q for p, q in zip(x[:4], y[:4], strict=True)), min(x[4], y[4]),
+            max(x[5], y[5]), x[6] + y[6]]
+
+
+def _bad(stats: Stats) -> torch.Tensor | bool:
+    if isinstance(stats, torch.Tensor):
+        return stats[:3].sum() > 0
+    return sum(stats[:3]) > 0
+
+
+class MicroBatches:
+    """What one optimizer step's micro-batches logged; ``reset()`` after each record."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._stats: dict[str, Stats] = {}
+        self._calls: dict[str, int] = {}
+        self._losses = 0
+        self._first: torch.Tensor | int = -1  # first bad micro-batch index, or -1
+
+    def tensor(self, name: str, stats: Stats) -> Stats:
+        """Note ``name``'s statistics of one more micro-batch; the step's merged statistics."""
+        index = self._calls.get(name, 0)
+        self._calls[name] = index + 1
+        merged = stats if index == 0 else merge_stats(self._stats[name], stats)
+        self._stats[name] = merged
+        self._note(index, _bad(stats))
+        return merged
+
+    def loss(self, raw: torch.Tensor) -> None:
+        """Note one more micro-batch's raw loss."""
+        index = self._losses
+        self._losses += 1
+        finite = torch.isfinite(raw.detach()).all()
+        self._note(index, ~finite if isinstance(finite, torch.Tensor) else not finite)
+
+    def _note(self, index: int, bad: torch.Tensor | bool) -> None:
+        first = self._first
+        if isinstance(bad, torch.Tensor):
+            fresh = torch.full((), index, dtype=torch.float64, device=bad.device)
+            if isinstance(first, int):
+                first = torch.full((), first, dtype=torch.float64, device=bad.device)
+            elif first.device != bad.device:
+                first = first.to(bad.device, non_blocking=True)
+            self._first = torch.where(bad & (first < 0), fresh, first)
+        elif bad and isinstance(first, int) and first < 0:
+            self._first = index
+
+    @property
+    def batches(self) -> int:
+        """Micro-batches this step has seen (the most calls of any tensor, or losses)."""
+        return max([self._losses, *self._calls.values()], default=0)
+
+    def scalars(self) -> dict[str, torch.Tensor | float]:
+        """The step's micro-batch scalars when it had more than one micro-batch, else none."""
+        if self.batches < 2:
+            return {}
+        first = self._first
+        return {MICRO_BATCHES: float(self.batches),
+                FIRST_BAD_MICRO_BATCH: first if isinstance(first, torch.Tensor) else float(first)}
