@@ -26,6 +26,7 @@ SCRIPTS = {
     "overhead": ["overhead.py", "--quick"],
     "overhead_compiled": ["overhead.py", "--quick", "--compile", "--workloads", "convnet"],
     "hotpath": ["hotpath.py", "--quick"],
+    "records": ["records.py", "--quick"],
     "ingest": ["ingest.py", "--quick"],
     "longrun": ["longrun.py", "--quick"],
     "memory": ["memory.py", "--quick"],
@@ -93,6 +94,15 @@ def test_overhead_compiled_compares_compiled_with_compiled_plus_trainvitals(laun
     assert "every model runs under torch.compile" in out
     assert "graph breaks counted by Dynamo: 0" in out  # trainvitals broke no graph
     assert out.count(" 0 dropped") == 2
+
+
+def test_records_times_encode_decode_and_precheck_per_size(launched) -> None:
+    out = finish(launched["records"])
+    table = [r for r in rows(out) if r[0] != "values/step"]
+    assert [r[0] for r in table] == ["10", "100", "1000"]
+    for row in table:
+        encode_us, decode_us, precheck_us = (float(c.replace(",", "")) for c in row[2:5])
+        assert encode_us > 0 and decode_us > 0 and precheck_us > 0, row
 
 
 def test_hotpath_times_every_plugin_call(launched) -> None:

@@ -2,7 +2,8 @@
 
 Every record goes through the spool, whether the server is up, slow, down or absent: the spool
 gives it its ``seq`` (so a record that is refused never takes a number, and a stream has no
-gaps), validates it with the protocol decoder, and appends it as one JSON line to a segment file
+gaps), validates it as the server's decoder would (``protocol.precheck``: the decoder itself only
+for what it has not seen before), and appends it as one JSON line to a segment file
 ``<run>.r<rank>.<session>.<first seq>.jsonl``. The sender reads from the spool and resends from
 the last acknowledged record after a reconnect; segments are deleted once acknowledged — the
 one being written when it is full or the spool closes, so that quick acks do not make a file
@@ -28,7 +29,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from trainvitals.protocol import ProtocolError, Record, decode, encode
+from trainvitals.protocol import Record, encode
+from trainvitals.protocol.precheck import Precheck
 from trainvitals.protocol.transport import BATCH_OVERHEAD_BYTES
 
 __all__ = ["Spool", "SpoolRefused", "in_use", "spool_files", "stream_stem"]
@@ -76,6 +78,7 @@ class Spool:
         # (seq, file, byte offset) where the last read stopped
         self._cursor: tuple[int, Path | None, int] = (-1, None, 0)
         self._lock = threading.Lock()
+        self._precheck = Precheck()  # the decoder's verdict, without decoding every step
         self.next_seq = 0
         self.acked = -1
         self.closed = False
@@ -127,10 +130,9 @@ class Spool:
         if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
             return SpoolRefused(f"record of {size} bytes is larger than a frame may be "
                                 f"({self.max_record_bytes} bytes)")
-        try:
-            decode(line)
-        except ProtocolError as exc:  # the server would refuse it: keep the stream clean
-            return SpoolRefused(f"record the server would refuse: {exc}")
+        problem = self._precheck.problem(numbered, line)
+        if problem:  # the server would refuse it: keep the stream clean
+            return SpoolRefused(f"record the server would refuse: {problem}")
         if not essential and self.size + size > self.max_bytes:
             return SpoolRefused(f"spool full ({self.max_bytes} bytes)")
         self._write(line, size)

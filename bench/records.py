@@ -1,0 +1,88 @@
+"""What one step record costs the training process on its way to the spool, by size.
+
+Per record, in the sender's thread: ``encode`` (JSON text), the validation before spooling —
+the full ``decode`` it used to be, and ``Precheck`` for a step like those before it (what the
+spool does now) — and ``encode_batch`` around 64 of them. Median of ``--repeat`` timings of
+``--n`` calls each, CPU time of this thread (``time.thread_time``), so a busy neighbour counts
+less than wall time would.
+
+    .venv/bin/python bench/records.py            # ~30 s
+    .venv/bin/python bench/records.py --quick    # checks the script works
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from common import LoadMeter, fmt, header, table
+
+from trainvitals.protocol import Step, TensorStats, decode, encode
+from trainvitals.protocol.codec import encode_batch
+from trainvitals.protocol.precheck import Precheck
+
+SIZES = (10, 100, 1000)  # values per step: scalars plus 9 per tensor
+
+
+def make_step(values: int, seq: int = 1) -> Step:
+    tensors = max(1, values // 20)
+    scalars = max(1, values - 9 * tensors)
+    stats = TensorStats(count=4096, nan=0, posinf=0, neginf=0, min=-1.5, max=2.25, mean=0.125,
+                        absmax=2.25, dtype="float32", headroom=86.5)
+    return Step(run="bench", session="0123456789abcdef", seq=seq, step=seq, time=1.7e9 + seq,
+                loss=0.5, grad_norm=1.25, lr=1e-3,
+                scalars={f"scalar/s{i}": 0.001 * i for i in range(scalars)},
+                tensors={f"t{i}": stats for i in range(tensors)})
+
+
+def per_call_us(call: Callable[[], object], n: int, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.thread_time()
+        for _ in range(n):
+            call()
+        times.append((time.thread_time() - start) / n * 1e6)
+    return statistics.median(times)
+
+
+def main() -> int:
+    args = _parse()
+    meter = LoadMeter()
+    rows = []
+    for values in SIZES:
+        step = make_step(values)
+        line = encode(step)
+        check = Precheck()
+        check.problem(step, line)  # the stream's first record goes through the decoder
+        n = max(10, args.n // values)
+        lines = [line] * 64
+        enc = per_call_us(lambda s=step: encode(s), n, args.repeat)
+        dec = per_call_us(lambda ln=line: decode(ln), n, args.repeat)
+        pre = per_call_us(lambda s=step, ln=line, c=check: c.problem(s, ln), n, args.repeat)
+        batch = per_call_us(lambda b=lines: encode_batch(b), max(10, n // 8), args.repeat) / 64
+        rows.append([values, f"{len(line):,}", fmt(enc, 1), fmt(dec, 1), fmt(pre, 1),
+                     fmt(batch, 2), fmt(enc + dec, 1), fmt(enc + pre, 1),
+                     f"{(enc + dec) / (enc + pre):.1f}×"])
+    print(header("Record cost before the spool (bench/records.py)", meter,
+                 extra=[f"{args.repeat} timings of ~{args.n} values' worth of calls each; "
+                        "median; CPU time of the calling thread"]))
+    print(table(["values/step", "bytes", "encode µs", "decode µs (was)", "precheck µs (now)",
+                 "batch µs/record", "encode+decode µs", "encode+precheck µs", "saved"], rows))
+    return 0
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", "--smoke", action="store_true")
+    parser.add_argument("--n", type=int, default=200_000, help="values' worth of calls")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.repeat = 2_000, 2
+    return args
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
