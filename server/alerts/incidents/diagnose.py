@@ -63,16 +63,20 @@ Reader = Callable[[Sequence[Evidence], Sequence[StepFacts]], "_What | None"]
 
 def diagnose(evidence: Sequence[Evidence], history: Sequence[StepFacts],
              onset: int, rank: int, world: int, known_why: str | None = None,
-             escalated: bool = False, known_what: str | None = None) -> Diagnosis:
+             escalated: bool = False, known_what: str | None = None,
+             known_kind: str | None = None) -> Diagnosis:
     """The diagnosis of an incident whose ``evidence`` is root first; ``history`` holds the
     root rank's recent steps (oldest first), ``world`` the number of ranks seen on the run.
     ``known_why`` is what the last diagnosis of the same onset found before it (kept: the steps
     before the onset leave ``history``)."""
     at_onset = [e for e in evidence if e.first_step <= onset] or list(evidence)
     what: _What = _read(at_onset, history)
-    first_what = what.text
-    if escalated and known_what:  # the warning as it read when it opened, not as it reads now
+    first_kind = what.kind
+    if known_what and (escalated or known_kind == what.kind):
+        # the words found at the onset, not as its evidence reads now (a tensor that went NaN
+        # and later -Inf went NaN); a better reading (an origin that arrived since) replaces them
         what = _What(what.kind, known_what, what.facts)
+    first_what = what.text
     then = _then(evidence, history, onset, what, escalated)
     if then is not None:
         what = _What(then.kind, f"{what.text}; then {then.text}", {**what.facts, **then.facts})
@@ -89,8 +93,8 @@ def diagnose(evidence: Sequence[Evidence], history: Sequence[StepFacts],
         headline += f" It reached rank{'s' if len(spread) > 1 else ''} " \
                     f"{', '.join(map(str, spread))} too."
     return Diagnosis(kind, headline, remedy_for(kind),
-                     {**what.facts, "onset": onset, "why": why,
-                      "what": known_what if escalated and known_what else first_what})
+                     {**what.facts, "onset": onset, "why": why, "what": first_what,
+                      "what_kind": first_kind})
 
 
 def _micro_batch(history: Sequence[StepFacts], onset: int) -> str:

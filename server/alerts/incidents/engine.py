@@ -200,7 +200,7 @@ class IncidentEngine:
                 incident.evidence, self._recent.of(incident.run, incident.rank),
                 incident.onset_step, incident.rank, self._recent.ranks(incident.run),
                 known_why=_known_why(incident), escalated=incident.state == "escalated",
-                known_what=_known(incident, "what"))
+                known_what=_known(incident, "what"), known_kind=_known(incident, "what_kind"))
         except Exception:  # odd evidence must not stop ingest; the old words stay
             self.errors += 1
             log.exception("diagnosing incident %d of run %r failed", incident.number,

@@ -197,3 +197,17 @@ def test_a_rule_that_raises_is_counted_once_logged_and_the_others_go_on(caplog: 
         assert [c.alert.rule for c in changes] == ["nonfinite"]
     assert engine.rule_errors == {"broken": 3}
     assert sum("'broken' failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_headline_keeps_the_words_of_the_onset_while_the_evidence_changes() -> None:
+    """A loss that went NaN and then -Inf went NaN: the headline reads as at the onset, not
+    as the latest value of its evidence."""
+    p = Pipeline()
+    healthy(p, range(0, 20))
+    p.feed(20, loss=NAN, loss_used=NAN, grad_norm=1.0, lr=1e-3)
+    first = p.all()[0].headline
+    for n in range(21, 24):
+        p.feed(n, loss=-INF, loss_used=-INF, grad_norm=1.0, lr=1e-3)
+    (incident,) = p.all()
+    assert "the loss went NaN at step 20" in first
+    assert incident.headline == first, incident.headline
