@@ -32,6 +32,15 @@ class ProgressBar:
             self._shown = tenth
             self._stream.write(self._text(done, total) + "\n")
 
+    def note(self, line: str) -> None:
+        """A line of its own above the bar (why it waits): on a terminal the bar is drawn
+        again under it."""
+        if self._tty:
+            self._stream.write("\r\033[K" + line + "\n" + self._text(*self._last))
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
     def finish(self) -> None:
         """Draw the final state and end the line."""
         done, total = self._last

@@ -74,6 +74,11 @@ export function decodeIncident(i) {
   return { ...i, facts: fromWireMap(i.facts), evidence: (i.evidence ?? []).map(decodeAlert) };
 }
 
+/** A condition (server or delivery trouble) decoded: its facts may hold non-finite values. */
+export function decodeCondition(c) {
+  return { ...c, facts: fromWireMap(c.facts) };
+}
+
 /** The view token from the page URL (`?token=...`), or null. */
 export function pageToken() {
   return new URLSearchParams(window.location.search).get('token');
@@ -172,6 +177,12 @@ export class Api {
   async incidents(runId) {
     return (await this.get(`/api/runs/${encodeURIComponent(runId)}/incidents`)).incidents.map(decodeIncident);
   }
+
+  /** Conditions (server trouble, trainers' delivery trouble), open ones first, decoded;
+   * `scope` 'server'|'run', `run` (a name) and `state` 'open'|'resolved' narrow them. */
+  async conditions({ scope = null, run = null, state = null } = {}) {
+    return (await this.get('/api/conditions', { scope, run, state })).conditions.map(decodeCondition);
+  }
 }
 
 /**
@@ -231,6 +242,11 @@ export class ReportApi {
 
   async incidents(runId) {
     return this.answer(runId, this.data.incidents.map(decodeIncident));
+  }
+
+  /** Conditions are the server's state now, not the run's record: a report has none. */
+  async conditions() {
+    return [];
   }
 
   /** No server to download from. */

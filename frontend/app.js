@@ -13,9 +13,14 @@
 // shows a toast (and, when critical, a desktop notification if the user allowed it). The
 // server sends alert messages only to the viewers of their run, so nothing here but the run
 // view may rely on them.
+//
+// Conditions (the server's own trouble, a trainer's delivery trouble: conditions.js) are
+// loaded on every (re)connect and follow `condition` messages: server ones as a banner above
+// every view, a run's in its header.
 
-import { Api, decodeAlert, decodeIncident, decodeRecord } from './api.js';
+import { Api, decodeAlert, decodeCondition, decodeIncident, decodeRecord } from './api.js';
 import { CompareView } from './compare_view.js';
+import { Conditions } from './conditions.js';
 import { h, replaceChildren } from './dom.js';
 import { exposeHooks } from './hooks.js';
 import { Live } from './live.js';
@@ -50,6 +55,7 @@ class App {
       open: (incident) => this.showRunNamed(incident.run),
     });
     this.notifier = new Notifier(document.getElementById('notify'));
+    this.conditions = new Conditions(this.api).mount();
     this.errors = new Map();
     this.view = null;
     this.viewKey = null;
@@ -68,6 +74,7 @@ class App {
       window.location.hash = `#compare=${[...this.runs.picked].join(',')}`;
     });
     this.live.start();
+    this.conditions.reload();
     await this.reloadRuns();
     this.route();
     setInterval(() => { if (!document.hidden) this.reloadRuns(); }, RUNS_POLL_MS);
@@ -103,7 +110,8 @@ class App {
         'Select a run to see its vital signs, or tick two or more to compare them.'));
       return;
     }
-    const hooks = { follow: (names) => this.follow(names), onError: (message) => this.setError('view', message) };
+    const hooks = { follow: (names) => this.follow(names), onError: (message) => this.setError('view', message),
+                    conditionsLine: (name) => this.conditions.runLine(name) };
     if (route.kind === 'compare') {
       this.runs.pick(route.ids);
       this.view = new CompareView(this.viewRoot, this.api, route.ids, hooks);
@@ -122,6 +130,7 @@ class App {
 
   onOpen(generation) {
     this.reloadRuns();
+    this.conditions.reload(); // conditions may have changed unseen (or the server restarted)
     // A view loaded under another connection (or none) may have missed messages: reload it.
     const view = this.view;
     if (view && view.generation !== null && view.generation !== generation) view.load();
@@ -156,6 +165,9 @@ class App {
         if (msg.change !== 'updated') this.scheduleRunsReload();
         return;
       }
+      case 'condition': // server trouble (the banner) or a trainer's (its run's header)
+        this.conditions.onMessage(msg.change, decodeCondition(msg.condition));
+        return;
       case 'run':
         this.scheduleRunsReload();
         return;
@@ -216,6 +228,7 @@ exposeHooks(() => app.view, {
   get liveState() { return app.liveEl.dataset.state; },
   get toasts() { return app.toasts.shown; },
   get notifications() { return app.notifier.sent; },
+  get conditions() { return [...app.conditions.open.values()]; },
 });
 
 app.start();

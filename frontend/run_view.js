@@ -53,14 +53,15 @@ export class RunView {
    * @param {import('./api.js').Api} api
    * @param {number} runId
    * @param {object} hooks follow(names) → Promise<generation> (subscribes; resolves once the
-   *   subscription is sent, or -1 when offline); onError(message)
+   *   subscription is sent, or -1 when offline); onError(message); conditionsLine(name) → the
+   *   line of the run's open conditions for its header (conditions.js; optional)
    */
-  constructor(root, api, runId, { follow, onError }) {
+  constructor(root, api, runId, { follow, onError, conditionsLine = null }) {
     this.root = root;
     this.api = api;
     this.readOnly = Boolean(api.readOnly);
     this.runId = runId;
-    this.hooks = { follow, onError };
+    this.hooks = { follow, onError, conditionsLine };
     this.run = null;
     this.firstBad = null; // {rank, step, rule, series}: the rank that went bad first (REST)
     this.generation = null; // live generation the loaded data is consistent with
@@ -92,6 +93,7 @@ export class RunView {
     this.statusEl = h('span', { class: 'status' });
     this.metaEl = h('p', { class: 'run-meta' });
     this.configEl = h('details', { id: 'config', class: 'config', hidden: true });
+    this.conditionsLine = this.hooks.conditionsLine ? this.hooks.conditionsLine(() => this.name) : null;
     const exports = this.readOnly ? null : h('p', { class: 'exports' }, 'Export: ',
       h('a', { id: 'export-html', href: this.api.exportUrl(this.runId, 'report.html'), download: '' },
         'HTML report'), ' · ',
@@ -115,7 +117,8 @@ export class RunView {
     this.incidents = new IncidentsPanel(
       { onSelect: (i) => this.zoomTo(i.onset_step, i.escalated_step ?? i.onset_step) });
     replaceChildren(this.root,
-      h('div', { class: 'run-header' }, this.nameEl, this.statusEl, exports, this.metaEl, this.configEl),
+      h('div', { class: 'run-header' }, this.nameEl, this.statusEl, exports, this.metaEl,
+        this.conditionsLine?.el ?? null, this.configEl),
       this.incidents.el,
       this.health.el,
       h('div', { class: 'run-body' },
@@ -165,6 +168,7 @@ export class RunView {
       r.reason ? h('span', { class: 'reason' }, ` · ${r.reason}`) : null);
     this.alerts.multiRank = r.world_size > 1;
     this.incidents.multiRank = r.world_size > 1;
+    this.conditionsLine?.render();
     this.showConfig(r.config ?? {});
     if (before !== null && before !== status) this.scheduleHealth();
   }
@@ -435,6 +439,7 @@ export class RunView {
 
   destroy() {
     this.destroyed = true;
+    this.conditionsLine?.remove();
     clearTimeout(this.healthTimer);
     this.group.destroy();
   }

@@ -160,7 +160,8 @@ Record = RunStart | Step | RunEnd
 class Backlog:
     """What the sender still holds when it sends a frame, so the server can say when a trainer
     falls behind: ``records`` spooled and not yet acknowledged (this frame's included), the
-    spool's ``bytes`` and its limit ``max_bytes`` (records beyond it are dropped), the
+    spool's ``bytes`` and its limit ``max_bytes`` (records beyond it are dropped; 0: no limit,
+    as for a spool that ``trainvitals sync`` uploads), the
     ``oldest_age`` in seconds of the oldest unacknowledged record (by the sender's clock; 0
     when unknown), and ``last_seq``, the highest seq the spool holds."""
 

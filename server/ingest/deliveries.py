@@ -70,11 +70,18 @@ class _Stream:
             return 0.0
         return self.backlog.oldest_age + (0.0 if self.progressed else now - self.heard_at)
 
-    def fill(self) -> float:
+    def held(self) -> int:
+        """Bytes of the records still to deliver (the reported size, shrunk with what was
+        stored since)."""
         b = self.backlog
-        if b is None or not b.max_bytes or not b.records:
-            return 0.0
-        return b.bytes * (self.left / b.records) / b.max_bytes  # shrunk with what was stored
+        if b is None or not b.records:
+            return 0
+        return round(b.bytes * min(1.0, self.left / b.records))
+
+    def fill(self) -> float:
+        """How full the spool is (0 when it has no limit: nothing is dropped)."""
+        b = self.backlog
+        return self.held() / b.max_bytes if b is not None and b.max_bytes else 0.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ class DeliveryReports:
         now = self._clock()
         live = [s for s in self._all() if s.connection is not None]
         return Totals(len(live), sum(s.left for s in live),
-                      sum(round(s.fill() * s.backlog.max_bytes) for s in live if s.backlog),
+                      sum(s.held() for s in live),
                       max((s.age(now) for s in live), default=0.0),
                       sum(s.dropped for s in live))
 
@@ -243,7 +250,7 @@ def _backlog_reading(worst: _Stream, behind: list[_Stream], severity: Severity, 
     others = f" (and {len(behind) - 1} more rank(s))" if len(behind) > 1 else ""
     gone = "; its trainer has gone: they wait in its spool for `trainvitals sync`" \
         if worst.connection is None else ""
-    spool = f"spool {mib(round(worst.fill() * b.max_bytes))} of {mib(b.max_bytes)}"
+    spool = f"spool {mib(worst.held())}" + (f" of {mib(b.max_bytes)}" if b.max_bytes else "")
     full = "; records are dropped once it is full" if severity == "critical" else ""
     headline = (f"rank {worst.rank} has {worst.left:,} record(s) the server has not stored, "
                 f"the oldest {duration(worst.age(now))} old ({spool}){others}{full}{gone}")

@@ -7,7 +7,16 @@ most the server's ``max_message_bytes`` (read from the handshake), and tells the
 the server answered; it deletes records from the spool only when the outbox says they are newly
 acknowledged. Resends after a reconnect or an ``unavailable`` error (a failed commit) are safe:
 the server stores each record once. A fatal error (a server limit) stops delivery and leaves
-the records in the spool for ``trainvitals sync``.
+the records in the spool for ``trainvitals sync``. Every batch frame carries the spool's
+``Backlog`` (counts the spool keeps anyway: no record is read for it), so the server can say
+when a trainer falls behind.
+
+While the server answers ``unavailable`` (it cannot store: its disk is full, its database
+does not answer) the link backs off and *probes*: it sends one frame per try, not a window
+full, until one is acknowledged; answers to frames sent before the pause are taken without
+another pause. ``on_problem(text, retry_in)`` hears every problem — a failed connect, a server
+error frame (``"server: unavailable — storage full: …"``) — with the seconds until the next
+try (``None``: no retry); ``trainvitals sync`` prints them.
 
 Failover: ``url`` may list several servers, comma-separated (replicas on one database, see
 docs/scaling.md). The link stays on one while its connection lives; when a connect fails or
@@ -22,7 +31,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -49,10 +58,11 @@ from trainvitals.trainer_plugin.delivery.backoff import backoff_delays
 from trainvitals.trainer_plugin.delivery.outbox import Outbox
 from trainvitals.trainer_plugin.delivery.spool import Spool
 
-__all__ = ["DeliveryStats", "Link", "ingest_url", "ingest_urls"]
+__all__ = ["DeliveryStats", "Link", "OnProblem", "ingest_url", "ingest_urls", "server_said"]
 
 log = logging.getLogger("trainvitals")
 Stream = tuple[str, int, str]  # (run, rank, session)
+OnProblem = Callable[[str, float | None], None]  # (what went wrong, seconds to the next try)
 
 
 @dataclass
@@ -62,7 +72,9 @@ class DeliveryStats:
     ``sent`` counts records sent once, ``resent`` the repeats after a reconnect or a failed
     commit; ``pending`` the records kept in the spool and not yet acknowledged; ``dropped``
     the records that were never kept (a full queue or spool, or unreadable values);
-    ``server`` the ingest URL of the latest connection (one of several, with failover).
+    ``server`` the ingest URL of the latest connection (one of several, with failover);
+    ``server_error`` the latest error frame of the server since records were last
+    acknowledged (``"unavailable — storage full: …"``; ``""``: none).
     """
 
     submitted: int = 0
@@ -77,6 +89,7 @@ class DeliveryStats:
     pending: int = 0
     spool: str = ""
     server: str = ""
+    server_error: str = ""
 
     def copy(self) -> DeliveryStats:
         """An independent snapshot."""
@@ -93,6 +106,11 @@ def ingest_url(server: str | None) -> str | None:
         raise ValueError(f"server: empty entry in the list {server!r} (expected URLs "
                          "separated by single commas, e.g. 'http://a:8765,http://b:8765')")
     return ",".join(_one_ingest_url(part) for part in parts)
+
+
+def server_said(error: Error) -> str:
+    """An error frame for people: ``unavailable — storage full: …``."""
+    return f"{error.code} — {error.message}"
 
 
 def ingest_urls(url: str) -> list[str]:
@@ -119,6 +137,8 @@ class Link:
         max_frame_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, window: int = 2048,
         idle_poll: float = 0.05, linger: float = 0.05,
         connect: Callable[..., ClientConnection] = connect,
+        backoff: Callable[[], Iterator[float]] = backoff_delays,
+        on_problem: OnProblem | None = None,
     ) -> None:
         self.urls, self._at = ingest_urls(url), 0  # the servers; the one in use (or next)
         self._token, self._spool, self._stream = token, spool, stream
@@ -130,7 +150,10 @@ class Link:
         self._ws: ClientConnection | None = None
         self.outbox = Outbox(acked=spool.acked, next_seq=spool.next_seq, window=window,
                              batch=batch_size)
-        self._delays = backoff_delays()
+        self._backoff, self._on_problem = backoff, on_problem
+        self._delays = backoff()
+        self._probing = False  # the server could not store: one frame per try until an ack
+        self._probe_sent = False
         self.stop = threading.Event()
 
     @property
@@ -158,7 +181,7 @@ class Link:
                 elif self._ws is None and self.outbox.pending == 0:
                     self._await_records()  # connect when there is something to deliver
                 elif self._ws is None and not self._connect_any():
-                    self.stop.wait(next(self._delays))
+                    self._pause(self._stats.last_error)
                 elif self._linger_over() and self._send():
                     self._receive(0.0)
                 elif self.outbox.in_flight:
@@ -221,7 +244,8 @@ class Link:
         self._limit = min(self._max_frame, int(stated)) if stated.isdigit() else self._max_frame
         self._ws = ws
         self.outbox.connection_opened()  # everything unacknowledged goes out again
-        self._delays = backoff_delays()
+        self._delays = self._backoff()
+        self._probe_sent = False  # what was sent on the old connection gets no answer now
         with self._changed:
             moved = self._stats.server not in ("", self.url)
             self._stats.connected, self._stats.server = True, self.url
@@ -248,7 +272,10 @@ class Link:
     # ------------------------------------------------------------ sending
 
     def _send(self) -> bool:
-        """Send the frame the outbox asks for, if any (something to send, room in the window)."""
+        """Send the frame the outbox asks for, if any (something to send, room in the window;
+        while probing, only when the probe has been answered)."""
+        if self._probing and self._probe_sent:
+            return False
         wanted = self.outbox.next_frame()
         if wanted is None or self._ws is None:
             return False
@@ -259,12 +286,13 @@ class Link:
             return False
         if len(lines) == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
             lines = [self._fit(lines[0], budget)]
-        frame = encode_batch(lines, self._stats.dropped)
+        frame = encode_batch(lines, self._stats.dropped, self._spool.backlog())
         try:
             self._ws.send(frame)
         except (WebSocketException, OSError) as exc:
             self._lost(f"send failed: {exc}")
             return False
+        self._probe_sent = self._probing
         sent = self.outbox.frame_sent(first, len(lines))
         with self._changed:
             self._stats.sent += sent.fresh
@@ -291,8 +319,10 @@ class Link:
 
     # ------------------------------------------------------------ receiving
 
-    def _receive(self, timeout: float) -> None:
-        """Handle the server's replies: wait up to ``timeout`` for one, then take the rest."""
+    def _receive(self, timeout: float, *, stale: bool = False) -> None:
+        """Handle the server's replies: wait up to ``timeout`` for one, then take the rest.
+        ``stale``: they answer frames sent before a pause; an ``unavailable`` among them is
+        noted, but neither pauses again nor resends (the resend after the pause covers it)."""
         while self._ws is not None:
             try:
                 frame = self._ws.recv(timeout=timeout)
@@ -310,31 +340,50 @@ class Link:
             if isinstance(message, Ack):
                 self._acked(message)
             elif isinstance(message, Error):
-                self._refused(message)
+                self._refused(message, stale=stale)
 
     def _acked(self, ack: Ack) -> None:
         if (ack.run, ack.rank, ack.session) != self._stream:
             return
         newly = self.outbox.ack(ack.seq)
+        if self._probing and self._probe_sent:  # the probe's answer (or a later one)
+            self._probing = self._probe_sent = False
         if newly is None:
             return
         self._spool.ack(newly.last)  # deletes the records the outbox hands out, once
+        self._delays = self._backoff()  # it stores again: the next trouble starts afresh
         with self._changed:
             self._stats.acked[self._stream] = self._spool.acked
+            self._stats.server_error = ""
             self._changed.notify_all()
 
-    def _refused(self, error: Error) -> None:
+    def _refused(self, error: Error, *, stale: bool = False) -> None:
         with self._changed:
             self._stats.server_errors += 1
+            self._stats.server_error = server_said(error)
         self._note(f"server error {error.code}: {error.message}")
         if error.fatal:
             self.outbox.fatal(error.message)
             log.error("trainvitals: the server refuses this run's records (%s); delivery "
                       "stops, records stay in the spool for `trainvitals sync`", error.message)
+            if self._on_problem is not None:
+                self._on_problem(f"server: {server_said(error)}", None)
             self._disconnect()
-        elif error.code == UNAVAILABLE:  # nothing of some frame was stored: send it again
-            self.stop.wait(next(self._delays))
+        elif error.code == UNAVAILABLE and not stale:
+            # Nothing of some frame was stored: pause, take the answers to the frames sent
+            # before (they say the same), then send again from the first unacknowledged
+            # record, one frame per try until the server stores again.
+            self._pause(f"server: {server_said(error)}")
+            self._receive(0.0, stale=True)
+            self._probing, self._probe_sent = True, False
             self.outbox.unavailable()
+
+    def _pause(self, why: str) -> None:
+        """Wait the next backoff delay before trying again; ``on_problem`` hears why."""
+        delay = next(self._delays)
+        if self._on_problem is not None:
+            self._on_problem(why, delay)
+        self.stop.wait(delay)
 
     def _note(self, text: str) -> None:
         with self._changed:

@@ -12,7 +12,7 @@ the item is dropped and counted — the step never waits). Two daemon threads do
   uploaded later with ``trainvitals sync``.
 
 ``close()`` waits a bounded time for the server's acks, then says what, if anything, stayed
-in the spool and how to send it.
+in the spool, why (the server's last error, when it refused them), and how to send it.
 """
 
 from __future__ import annotations
@@ -220,9 +220,13 @@ class Sender:
         where = self.spool.directory
         server = ",".join(u.removesuffix("/ws/ingest") for u in (self.url or "").split(",")
                           if u) or "ws://HOST:PORT"
+        # Why: the server's own word when it refused them (its disk is full, ...), else what
+        # kept us from it (cannot connect, connection lost).
+        cause = (f"the server's last error: {stats.server_error}" if stats.server_error
+                 else stats.last_error)
         why = ("recorded offline" if self.url is None else
                f"not acknowledged by {server} within {timeout:g} s"
-               + (f" ({stats.last_error})" if stats.last_error else ""))
+               + (f" ({cause})" if cause else ""))
         log.warning("trainvitals: %d record(s) of run %r %s are kept in %s; send them with: "
                     "trainvitals sync %s --server %s", stats.pending, run, why, where, where,
                     server)

@@ -13,6 +13,11 @@ The collector appends what it has in one go (``append_many``: one write and flus
 
 Bounded: a record that would push the files past ``max_bytes`` is refused (run start and end
 records, which are small, always fit). With ``directory=None`` the segments live in memory.
+``backlog()`` says what the spool holds, for the batch frames the sender sends
+(``protocol.Backlog``), without touching a record: its counts, its size, and the age of the
+oldest unacknowledged record, from the monotonic time at which each ``append_many`` batch was
+kept (at most one mark a second and ``MAX_MARKS`` in all: an age is never understated, and
+overstated by at most the gap between two marks).
 Thread-safe: the collector thread appends while the sender thread reads and acknowledges.
 While a process writes a stream it holds a lock on ``<stem>.lock`` (released by the OS if the
 process dies), so that ``trainvitals sync`` leaves a live spool alone.
@@ -25,11 +30,14 @@ import dataclasses
 import os
 import re
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from trainvitals.protocol import Record, encode
+from trainvitals.protocol.messages import Backlog
 from trainvitals.protocol.precheck import Precheck
 from trainvitals.protocol.transport import BATCH_OVERHEAD_BYTES
 
@@ -41,6 +49,8 @@ except ImportError:  # not POSIX: no lock, sync must not run beside a live proce
     fcntl = None  # type: ignore[assignment]
 
 SUFFIX = ".jsonl"
+MARK_EVERY = 1.0  # seconds between two marks of when records were appended
+MAX_MARKS = 4096  # beyond it every other mark is forgotten (the oldest is always kept)
 _NAME = re.compile(r"^(?P<stem>.+)\.(?P<first>\d{12})\.jsonl$")
 
 
@@ -82,6 +92,9 @@ class Spool:
         self.next_seq = 0
         self.acked = -1
         self.closed = False
+        self.limited = True  # False for a spool reopened by sync: it refuses nothing
+        # (first seq, monotonic time) of the batches kept, the oldest unacknowledged first
+        self._marks: deque[tuple[int, float]] = deque()
         self._lock_handle: TextIO | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -101,6 +114,14 @@ class Spool:
             spool._segments.append(_Segment(first, data.count(b"\n"), len(data), path))
         spool.acked = spool._segments[0].first - 1
         spool.next_seq = spool._segments[-1].last + 1
+        spool.limited = False
+        # Each file was last written when its newest record was appended: its records are at
+        # least that old (the wall clock of the files, carried onto this process's clock).
+        now, wall = time.monotonic(), time.time()
+        for seg in spool._segments:
+            assert seg.path is not None
+            age = max(0.0, wall - seg.path.stat().st_mtime)
+            spool._marks.append((seg.first, now - age))
         return spool
 
     # ------------------------------------------------------------ collector side
@@ -116,7 +137,10 @@ class Spool:
         """``append`` for several ``(record, essential)`` pairs at once, with one write to the
         file: for each, the numbered record or why it was refused, in order."""
         with self._lock:
+            first = self.next_seq
             kept = [self._append(record, essential) for record, essential in items]
+            if self.next_seq > first:
+                self._mark(first)
             if self._handle is not None:
                 self._handle.flush()  # survives a killed process (not a power loss: no fsync)
             return kept
@@ -138,6 +162,27 @@ class Spool:
         self._write(line, size)
         self.next_seq += 1
         return numbered
+
+    def _mark(self, first: int) -> None:
+        """Records from ``first`` on were kept now (under the lock)."""
+        now = time.monotonic()
+        if first <= self.acked + 1:
+            self._marks.clear()  # nothing older is unacknowledged: these are the oldest
+        if self._marks and now - self._marks[-1][1] < MARK_EVERY:
+            return  # the previous mark's time stands for these too (an older one: never less)
+        self._marks.append((first, now))
+        if len(self._marks) > MAX_MARKS:
+            thinned = list(self._marks)
+            self._marks = deque(thinned[:1] + thinned[2::2])
+
+    def _forget_marks(self) -> None:
+        """Forget marks before the one of the oldest unacknowledged record (under the lock)."""
+        oldest = self.acked + 1
+        if oldest >= self.next_seq:
+            self._marks.clear()  # nothing unacknowledged
+            return
+        while len(self._marks) > 1 and self._marks[1][0] <= oldest:
+            self._marks.popleft()
 
     def _write(self, line: str, size: int) -> None:
         seg = self._writing
@@ -216,6 +261,7 @@ class Spool:
             if seq <= self.acked:
                 return
             self.acked = min(seq, self.next_seq - 1)
+            self._forget_marks()
             while self._segments and self._segments[0].last <= self.acked:
                 if self._segments[0] is self._writing and self._writing.path is not None:
                     # The file being written stays until it is full (or the spool closes):
@@ -245,6 +291,17 @@ class Spool:
     def size(self) -> int:
         """Bytes the kept segments take."""
         return sum(s.size for s in self._segments)
+
+    def backlog(self) -> Backlog:
+        """What the spool holds now, for the batch frame the sender is about to send: the
+        records not yet acknowledged, the bytes the kept files take, the limit (0: none), the
+        age of the oldest unacknowledged record, the highest seq. No record is read."""
+        with self._lock:
+            pending = self.pending
+            age = time.monotonic() - self._marks[0][1] if pending and self._marks else 0.0
+            return Backlog(records=pending, bytes=sum(s.size for s in self._segments),
+                           max_bytes=self.max_bytes if self.limited else 0,
+                           oldest_age=round(max(0.0, age), 3), last_seq=self.next_seq - 1)
 
     def files(self) -> list[Path]:
         """The segment files on disk (none in memory mode)."""
