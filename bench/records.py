@@ -1,12 +1,14 @@
-"""What one step record costs the training process on its way to the spool, by size.
+"""What one step record costs on its way to the spool and to the server, by size.
 
 Per record, in the sender's thread: ``encode`` (JSON text), the validation before spooling —
 the full ``decode`` it used to be, and ``Precheck`` for a step like those before it (what the
-spool does now) — and ``encode_batch`` around 64 of them. Median of ``--repeat`` timings of
-``--n`` calls each, CPU time of this thread (``time.thread_time``), so a busy neighbour counts
-less than wall time would.
+spool does now) — and ``encode_batch`` around 64 of them. Then the same 64 steps as one
+protocol-v2 binary frame (``encode_batch_v2``), and what decoding either frame costs the
+server, per record. Median of ``--repeat`` timings of ``--n`` values' worth of calls each, CPU
+time of this thread (``time.thread_time``), so a busy neighbour counts less than wall time
+would.
 
-    .venv/bin/python bench/records.py            # ~30 s
+    .venv/bin/python bench/records.py            # ~40 s
     .venv/bin/python bench/records.py --quick    # checks the script works
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from common import LoadMeter, fmt, header, table
 
 from trainvitals.protocol import Step, TensorStats, decode, encode
+from trainvitals.protocol.binary import encode_batch_v2
 from trainvitals.protocol.codec import encode_batch
 from trainvitals.protocol.precheck import Precheck
 
@@ -62,14 +65,23 @@ def main() -> int:
         dec = per_call_us(lambda ln=line: decode(ln), n, args.repeat)
         pre = per_call_us(lambda s=step, ln=line, c=check: c.problem(s, ln), n, args.repeat)
         batch = per_call_us(lambda b=lines: encode_batch(b), max(10, n // 8), args.repeat) / 64
+        many = [make_step(values, seq) for seq in range(64)]
+        v1_frame, v2_frame = encode_batch([encode(r) for r in many]), encode_batch_v2(many)
+        few = max(2, n // 64)
+        v2_enc = per_call_us(lambda m=many: encode_batch_v2(m), few, args.repeat) / 64
+        v1_dec = per_call_us(lambda f=v1_frame: decode(f), few, args.repeat) / 64
+        v2_dec = per_call_us(lambda f=v2_frame: decode(f), few, args.repeat) / 64
         rows.append([values, f"{len(line):,}", fmt(enc, 1), fmt(dec, 1), fmt(pre, 1),
                      fmt(batch, 2), fmt(enc + dec, 1), fmt(enc + pre, 1),
-                     f"{(enc + dec) / (enc + pre):.1f}×"])
+                     f"{(enc + dec) / (enc + pre):.1f}×", fmt(v2_enc, 1),
+                     f"{len(v2_frame) / 64:,.0f}", fmt(v1_dec, 1), fmt(v2_dec, 1)])
     print(header("Record cost before the spool (bench/records.py)", meter,
                  extra=[f"{args.repeat} timings of ~{args.n} values' worth of calls each; "
                         "median; CPU time of the calling thread"]))
     print(table(["values/step", "bytes", "encode µs", "decode µs (was)", "precheck µs (now)",
-                 "batch µs/record", "encode+decode µs", "encode+precheck µs", "saved"], rows))
+                 "batch µs/record", "encode+decode µs", "encode+precheck µs", "saved",
+                 "v2 encode µs/record", "v2 bytes/record", "server: v1 decode µs/record",
+                 "server: v2 decode µs/record"], rows))
     return 0
 
 

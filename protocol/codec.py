@@ -103,9 +103,14 @@ def _value_to_wire(value: Any) -> Any:
 
 
 def decode(data: str | bytes, *, max_bytes: int | None = None) -> Message:
-    """The message in one frame. Raises ``ProtocolError`` saying what is wrong."""
+    """The message in one frame — JSON (version 1), or a binary batch (version 2,
+    ``protocol.binary``). Raises ``ProtocolError`` saying what is wrong."""
     if max_bytes is not None:
         _check_size(data, max_bytes)
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:3]) == b"TVB":
+        from trainvitals.protocol.binary import decode_binary  # it builds on this module
+
+        return decode_binary(data)
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
