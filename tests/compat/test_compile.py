@@ -186,3 +186,24 @@ def test_a_watch_inside_a_compiled_step_still_finds_where_nan_began(
     assert incident["onset_step"] == 5
     where = "head (Head)" if rules == "cuda rules" else "model (Net)"
     assert f"{where} first made NaN at step 5" in incident["headline"], incident["headline"]
+
+
+def test_log_step_inside_a_compiled_function_costs_one_break_and_records_every_step(
+        monitors: Callable[..., Monitor], told: Callable[..., Told]) -> None:
+    mon = monitors("compile-log-step")
+
+    @torch.compile(backend="aot_eager")
+    def train_step(x: torch.Tensor, step: int) -> torch.Tensor:
+        loss = (x * 2.0).pow(2).mean()
+        mon.tensor("x", x)
+        mon.log_step(step, loss=loss)  # its host half is one disabled frame: one break
+        return loss
+
+    losses = [float(train_step(torch.full((3,), float(i)), i)) for i in range(4)]
+    mon.close(timeout=30)
+    seen = told("compile-log-step", "loss", "tensor/x/max")
+    assert seen.steps("loss") == [0, 1, 2, 3]
+    assert [seen.series["loss"][i] for i in range(4)] == pytest.approx(losses)
+    assert [seen.series["tensor/x/max"][i] for i in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    (reason,) = counters["graph_break"]  # one kind of break, at each compiled call
+    assert "Monitor._end_step" in reason and "torch.compiler.disable" in reason, reason
