@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from trainvitals import Monitor, attach
 from trainvitals.protocol.series import FIRST_BAD_MICRO_BATCH, MICRO_BATCHES, scalar_series
 
-from .conftest import Told
+from .conftest import TOKEN, Told
 
 STEPS, MICRO, BAD_STEP, BAD_MICRO = 10, 4, 6, 2  # NaN in micro-batch index 2 (the 3rd)
 FIRST_BAD, BATCHES = scalar_series(FIRST_BAD_MICRO_BATCH), scalar_series(MICRO_BATCHES)
@@ -87,6 +90,46 @@ def test_attach_records_one_step_per_optimizer_step_and_the_bad_micro_batch(
     assert seen.steps("loss") == list(range(STEPS))
     assert seen.series[FIRST_BAD][BAD_STEP] == BAD_MICRO
     assert seen.series[BATCHES][0] == MICRO
+    incident = seen.incidents[0]
+    assert incident["onset_step"] == BAD_STEP
+    assert f"(in micro-batch {BAD_MICRO + 1} of {MICRO})" in incident["headline"], (
+        incident["headline"])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice for tiny CPU jobs
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # Lightning 2.6 on torch 2.13
+def test_lightning_accumulation_is_one_step_per_optimizer_step_with_the_bad_micro_batch(
+        server: Any, told: Callable[..., Told]) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    from trainvitals.trainer_plugin.adapters import LightningCallback
+
+    class Regressor(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.criterion = Net(), nn.MSELoss()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return self.criterion(self.net(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    micro = [b for step in _micro_batches() for b in step]  # the same batches, in order
+    xs, ys = torch.cat([x for x, _ in micro]), torch.cat([y for _, y in micro])
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=4)  # one micro-batch per batch
+    vitals = LightningCallback(run="accumulate-lightning", server=server.ws_url, token=TOKEN,
+                               loss_module="criterion")
+    trainer = pl.Trainer(max_steps=STEPS, accumulate_grad_batches=MICRO, accelerator="cpu",
+                         devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[vitals])
+    trainer.fit(Regressor(), loader)
+    seen = told("accumulate-lightning", "loss", FIRST_BAD, BATCHES)
+    assert seen.steps("loss") == list(range(STEPS))  # optimizer steps, not batches
+    assert seen.series[FIRST_BAD][BAD_STEP] == BAD_MICRO
     incident = seen.incidents[0]
     assert incident["onset_step"] == BAD_STEP
     assert f"(in micro-batch {BAD_MICRO + 1} of {MICRO})" in incident["headline"], (
