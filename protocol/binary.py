@@ -64,6 +64,10 @@ TOP = ("loss", "loss_used", "grad_norm", "grad_norm_post", "lr")
 COUNTS = ("count", "nan", "posinf", "neginf")
 STATS = (*COUNTS, "min", "max", "mean", "absmax", "headroom")
 EXACT = 2**53  # float64 carries every integer below it exactly
+# Value paths one frame may name: as many as the widest step version 1 allows (5 top-level
+# values, MAX_ENTRIES components, scalars and tensors of 9 statistics), so any valid step fits;
+# a frame whose steps together name more sends the rest as version-1 objects ("others").
+MAX_PATHS = len(TOP) + 2 * codec.MAX_ENTRIES + len(STATS) * codec.MAX_ENTRIES
 _HEAD = struct.Struct("<3sBI")
 _LITTLE = sys.byteorder == "little"
 
@@ -115,31 +119,27 @@ def encode_batch_v2(records: Sequence[Record], dropped: int = 0,
 
 
 def _pack(step: Step, names: dict[str, int], dtypes: dict[str, str]) -> dict[int, float] | None:
-    """The step's values by name index, or None when it cannot be packed (send it as v1)."""
+    """The step's values by name index, or None when it cannot be packed (send it as v1): a
+    seq or step beyond 64 bits, a count beyond 2**53, a tensor whose dtype differs from an
+    earlier step's in this frame, or more names than a frame may hold."""
     if not (_int64(step.seq) and _int64(step.step)):
         return None
-    row: dict[int, float] = {}
-
-    def put(path: str, value: float | int) -> None:
-        row[names.setdefault(path, len(names))] = float(value)
-
-    for key in TOP:
-        value = getattr(step, key)
-        if value is not None:
-            put(key, value)
+    paths: list[tuple[str, float | int]] = [(k, v) for k in TOP
+                                            if (v := getattr(step, k)) is not None]
     for prefix, values in (("c/", step.components), ("s/", step.scalars)):
-        for name, value in values.items():
-            put(prefix + name, value)
+        paths += [(prefix + name, value) for name, value in values.items()]
     for name, stats in step.tensors.items():
-        if dtypes.setdefault(name, stats.dtype) != stats.dtype:
-            return None  # two dtypes for one tensor in one frame: that step goes as v1
+        if dtypes.get(name, stats.dtype) != stats.dtype:
+            return None
         if any(getattr(stats, c) >= EXACT for c in COUNTS):
             return None
-        for stat in STATS:
-            value = getattr(stats, stat)
-            if value is not None:
-                put(f"t/{name}/{stat}", value)
-    return row
+        paths += [(f"t/{name}/{stat}", v) for stat in STATS
+                  if (v := getattr(stats, stat)) is not None]
+    if len(names) + sum(path not in names for path, _ in paths) > MAX_PATHS:
+        return None
+    for name, stats in step.tensors.items():
+        dtypes.setdefault(name, stats.dtype)
+    return {names.setdefault(path, len(names)): float(value) for path, value in paths}
 
 
 def _int64(value: int) -> bool:
@@ -291,8 +291,8 @@ def _names(header: dict[str, Any]) -> list[str]:
 def _path_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise TypeError("must be an array")
-    if len(value) > 4 * codec.MAX_ENTRIES:
-        raise ValueError(f"has {len(value)} names, more than {4 * codec.MAX_ENTRIES}")
+    if len(value) > MAX_PATHS:
+        raise ValueError(f"has {len(value)} names, more than {MAX_PATHS}")
     return [_path(v) for v in value]
 
 

@@ -29,7 +29,8 @@ class Precheck:
 
     def __init__(self) -> None:
         self._stream: tuple[str, str, int] | None = None
-        self._names: set[str] = set()  # map keys and dtypes the decoder accepted
+        self._names: set[str] = set()  # map keys the decoder accepted (the name rule)
+        self._dtypes: set[str] = set()  # dtype strings it accepted (any text: another rule)
 
     def problem(self, record: Record, line: str) -> str:
         """Why the server would refuse ``record`` (encoded as ``line``); "" if it would not."""
@@ -46,7 +47,7 @@ class Precheck:
         self._stream = (record.run, record.session, record.rank)
         if isinstance(record, Step) and len(self._names) < MAX_NAMES:
             self._names.update(record.components, record.scalars, record.tensors)
-            self._names.update(t.dtype for t in record.tensors.values())
+            self._dtypes.update(t.dtype for t in record.tensors.values())
 
     def _like_before(self, record: Record) -> bool:
         """A step of the known stream whose every field the decoder accepted before, in kind."""
@@ -72,7 +73,7 @@ class Precheck:
     def _stats(self, tensors: dict[str, TensorStats]) -> bool:
         if len(tensors) > MAX_ENTRIES or not self._names.issuperset(tensors):
             return False
-        return all(type(t) is TensorStats and t.dtype in self._names
+        return all(type(t) is TensorStats and t.dtype in self._dtypes
                    and all(_count(c) for c in (t.count, t.nan, t.posinf, t.neginf))
                    and all(_number(v) for v in (t.min, t.max, t.mean, t.absmax))
                    and (t.headroom is None or _number(t.headroom)) for t in tensors.values())

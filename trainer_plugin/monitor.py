@@ -141,10 +141,14 @@ class Monitor:
         overflow for its dtype is recorded too.
         """
         _checked(name)
-        stats = self._micro.tensor(name, tensor_stats(t))  # merged over the step's micro-batches
-        self._staging.add(f"t/{name}", stats)
+        stats = tensor_stats(t)
         seen = self._tensors.get(name)
-        count = t.numel() + (seen.count if seen is not None else 0)
+        count = t.numel()
+        if torch.is_grad_enabled():  # training: merged over the step's micro-batches
+            merged = name in self._micro and seen is not None
+            stats = self._micro.tensor(name, stats)
+            count += seen.count if merged and seen is not None else 0
+        self._staging.add(f"t/{name}", stats)  # (under no_grad, e.g. validation: the latest)
         self._tensors[name] = TensorMeta(count, t.dtype, feeds_exp)
 
     @_timed

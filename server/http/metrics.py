@@ -109,6 +109,10 @@ class ServerMetrics(Collector):
         for rule, n in sorted(self._writer.rule_errors.items()):
             errors.add_metric([rule], n)
         yield errors
+        yield CounterMetricFamily(
+            "trainvitals_incident_errors", "Steps whose alerts the incident engine could not "
+            "group (stored and alerted all the same; the first 10 are logged).",
+            value=self._writer.incident_errors)
         yield GaugeMetricFamily("trainvitals_store_bytes",
                                 "Bytes the store takes on disk: the SQLite file plus its "
                                 "write-ahead log, or the PostgreSQL tables with their indexes.",

@@ -87,6 +87,7 @@ class Writer:
         self.incident_changes: Counter[tuple[str, str]] = Counter()
         self._adopted: set[str] = set()  # runs whose stored open alerts the engine holds
         self.failed_commits = 0  # commits (or probes) that raised (for /metrics)
+        self.incident_errors = 0  # steps whose alerts the incident engine could not group
         self.refused: Counter[str] = Counter()  # frames refused, by reason (for /metrics)
         self.last_failure = ""  # why the latest commit failed; "" when it succeeded
         self._failure_is_news = True  # no failure was logged since the last commit succeeded
@@ -251,13 +252,26 @@ class Writer:
             if isinstance(r, Step):
                 found = self._engine.observe(r, values_of(r))
                 changes += found
-                incidents += self.incidents.observe(r, found)
+                incidents += self._incidents_of(r, found)
         if changes:
             self._store.save_alerts(c.alert for c in changes)
         if incidents:  # the latest snapshot of each changed incident
             latest = {c.incident.key: c.incident for c in incidents}
             self._store.save_incidents(latest.values())
         return result, changes, incidents
+
+    def _incidents_of(self, step: Step, found: list[AlertChange]) -> list[IncidentChange]:
+        """The incident engine's changes for ``step``; never raises: the records are stored
+        by now, and a failure to group their alerts must not be reported as a failed commit
+        (the alerts are saved and sent all the same)."""
+        try:
+            return self.incidents.observe(step, found)
+        except Exception:
+            self.incident_errors += 1
+            if self.incident_errors <= 10:
+                log.exception("grouping the alerts of run %r step %d into incidents failed",
+                              step.run, step.step)
+            return []
 
     def _adopt(self, runs: set[str]) -> None:
         """Load the open alerts of runs new to this writer before judging their steps.

@@ -134,3 +134,28 @@ def test_lightning_accumulation_is_one_step_per_optimizer_step_with_the_bad_micr
     assert incident["onset_step"] == BAD_STEP
     assert f"(in micro-batch {BAD_MICRO + 1} of {MICRO})" in incident["headline"], (
         incident["headline"])
+
+
+def test_a_loss_seen_by_the_loss_hook_and_clip_guard_is_one_micro_batch_and_validation_is_not(
+        monitors: Callable[..., Monitor], told: Callable[..., Told]) -> None:
+    """attach's loss hook and ``clip_guard`` both see the same loss: one micro-batch, not two;
+    and tensors logged under ``no_grad`` (validation) between steps do not join a step's
+    micro-batches — the latest replaces them, as it always did."""
+    torch.manual_seed(0)
+    model, criterion = Net(), nn.MSELoss()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    mon = monitors("no-accumulation")
+    handle = attach(model, opt, monitor=mon, loss_module=criterion)
+    for x, y in [b[0] for b in _micro_batches()][:4]:
+        loss = handle.clip_guard(criterion(model(x), y), 1e6)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():  # a validation pass between steps
+            mon.tensor("val_out", model(x) * 0 + 7.0)
+            mon.tensor("val_out", model(x) * 0 + 3.0)
+    handle.close()
+    seen = told("no-accumulation", "loss", BATCHES, FIRST_BAD, "tensor/val_out/max")
+    assert seen.steps("loss") == [0, 1, 2, 3]
+    assert BATCHES not in seen.series and FIRST_BAD not in seen.series  # one micro-batch each
+    assert set(seen.series["tensor/val_out/max"].values()) == {3.0}  # the latest, not merged

@@ -143,3 +143,14 @@ def test_flipped_bytes_of_a_real_frame_only_raise_protocol_errors(recs: list,
     except ProtocolError:
         return  # refused with a clear error: fine
     assert isinstance(out, Batch) and len(out.records) <= len(recs) + 1  # or a whole batch
+
+
+def test_wide_and_varied_steps_fit_a_frame_the_decoder_takes() -> None:
+    """Steps that name more paths together than one frame may hold go as version-1 objects in
+    it; a single step as wide as version 1 allows still packs."""
+    varied = [step(i, scalars={f"s{i}_{k}": float(k) for k in range(100)}) for i in range(50)]
+    wide = step(99, tensors={f"t{k}": TensorStats(8, 0, 0, 0, 0.0, 1.0, 0.5, 1.0, "float32")
+                             for k in range(500)})
+    for recs in (varied, [wide], [*varied, wide]):
+        back = decode(encode_batch_v2(recs))
+        assert same(back, Batch(records=tuple(recs))), len(recs)

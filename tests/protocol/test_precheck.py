@@ -87,3 +87,14 @@ def test_a_refused_step_stays_refused_and_teaches_nothing() -> None:
     assert "name" in check.problem(bad, encode(bad))  # not remembered as accepted
     late = _step(2, time=math.inf)
     assert "'time' must be a finite" in check.problem(late, encode(late))
+
+
+def test_a_dtype_accepted_as_text_does_not_vouch_for_a_name() -> None:
+    """dtypes are any text to the decoder, names are not: an empty dtype accepted once must not
+    let an empty component name through the fast path."""
+    check = Precheck()
+    odd = _step(0, tensors={"t": TensorStats(4, 0, 0, 0, -1.0, 1.0, 0.0, 1.0, "")})
+    assert check.problem(odd, encode(odd)) == ""
+    bad = _step(1, components={"": 1.0},
+                tensors={"t": TensorStats(4, 0, 0, 0, -1.0, 1.0, 0.0, 1.0, "")})
+    assert "1 to 200 characters" in check.problem(bad, encode(bad))

@@ -116,3 +116,23 @@ async def test_alerts_and_incidents_are_judged_saved_and_published(parts: Any) -
     assert (incident.number, incident.state, incident.onset_step) == (1, "open", 0)
     followed = [follower.queue.get_nowait()["type"] for _ in range(follower.queue.qsize())]
     assert "alert" in followed and "incident" in followed  # the run's viewers get the evidence
+
+
+async def test_an_incident_engine_error_after_the_commit_is_not_a_failed_commit(
+        parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records are stored before their alerts are grouped into incidents: if grouping
+    raises, the sender still gets its ack (not "nothing was stored"), the alerts are saved, and
+    the error is counted — readiness does not turn to commits_failing."""
+    writer, store = parts["writer"], parts["store"]
+
+    def broken(step: Step, changes: Any) -> Any:
+        raise OverflowError("a bug in the incident engine")
+
+    monkeypatch.setattr(writer.incidents, "observe", broken)
+    await writer.start()
+    replies = Replies()
+    batch = [*records("r", "s", 0, 2), Step(run="r", session="s", seq=3, step=2, loss=math.nan)]
+    await writer.submit(batch, replies)
+    assert await replies.wait() == [Ack(run="r", session="s", seq=3)]
+    assert writer.failed_commits == 0 and writer.incident_errors == 3  # one per step
+    assert [a.rule for a in store.alerts(run="r")] == ["nonfinite"]

@@ -2,10 +2,12 @@
 
 A trainer that accumulates calls ``tensor(name, …)`` and ``clip_guard`` once per micro-batch
 and ``log_step`` once per optimizer step. The statistics of a tensor logged several times in
-one step are merged (counts and sums added, min of the minima, max of the maxima), so a NaN in
-micro-batch 3 of 4 is not overwritten by a clean micro-batch 4; and the step says how many
-micro-batches it had (``micro/batches``) and the first whose loss or tensors went non-finite
-(``micro/first_nonfinite``, 0-based, -1 for none) — computed on the device, no sync.
+one step while gradients are on (training) are merged (counts and sums added, min of the
+minima, max of the maxima), so a NaN in micro-batch 3 of 4 is not overwritten by a clean
+micro-batch 4; under ``no_grad`` (validation) the latest call replaces the others, as it always
+did. The step says how many micro-batches it had (``micro/batches``) and the first whose loss
+or tensors went non-finite (``micro/first_nonfinite``, 0-based, -1 for none) — computed on the
+device, no sync.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class MicroBatches:
         self._stats: dict[str, Stats] = {}
         self._calls: dict[str, int] = {}
         self._losses = 0
+        self._last_loss: torch.Tensor | None = None
         self._first: torch.Tensor | int = -1  # first bad micro-batch index, or -1
 
     def tensor(self, name: str, stats: Stats) -> Stats:
@@ -59,7 +62,11 @@ class MicroBatches:
         return merged
 
     def loss(self, raw: torch.Tensor) -> None:
-        """Note one more micro-batch's raw loss."""
+        """Note one more micro-batch's raw loss; the same tensor twice (a loss hook and
+        ``clip_guard`` both seeing it) is one micro-batch."""
+        if raw is self._last_loss:
+            return
+        self._last_loss = raw
         index = self._losses
         self._losses += 1
         finite = torch.isfinite(raw.detach()).all()
@@ -76,6 +83,10 @@ class MicroBatches:
             self._first = torch.where(bad & (first < 0), fresh, first)
         elif bad and isinstance(first, int) and first < 0:
             self._first = index
+
+    def __contains__(self, name: str) -> bool:
+        """Whether tensor ``name`` was logged in this step (while gradients were on)."""
+        return name in self._stats
 
     @property
     def batches(self) -> int:

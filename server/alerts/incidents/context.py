@@ -31,11 +31,17 @@ def facts_of(step: Step) -> StepFacts:
     """``step``'s facts; the lr is the step's own, else the first parameter group's."""
     lr = step.lr if step.lr is not None else step.scalars.get(f"{LR_GROUP}0")
     components = {k: v for k, v in step.components.items() if not math.isnan(v)}
-    first, count = (step.scalars.get(FIRST_BAD_MICRO_BATCH, -1.0),
-                    step.scalars.get(MICRO_BATCHES, 0.0))
-    micro = (int(first), int(count)) if math.isfinite(first) and first >= 0 and count > 1 \
-        else None
-    return StepFacts(step.step, lr, step.loss, components, micro)
+    return StepFacts(step.step, lr, step.loss, components, _micro(step))
+
+
+def _micro(step: Step) -> tuple[int, int] | None:
+    """(first bad micro-batch, micro-batches) when the trainer said so sensibly, else None:
+    these are a sender's numbers (any float, NaN and ±Inf included)."""
+    first = step.scalars.get(FIRST_BAD_MICRO_BATCH, -1.0)
+    count = step.scalars.get(MICRO_BATCHES, 0.0)
+    if not (1 < count <= 2**31 and 0 <= first < count):  # False for NaN; bounds ±Inf
+        return None
+    return int(first), int(count)
 
 
 class Recent:

@@ -121,7 +121,8 @@ def _no_update(step: Step, m: str, values: Mapping[str, float], update: float, s
 
 
 def _observes(series_name: str, step: Step, values: Mapping[str, float]) -> bool:
-    return bool(reports_learning(values))
+    # a step a GradScaler skipped moved nothing by design: neither judged nor a clean step
+    return bool(reports_learning(values)) and not amp_skipped(step)
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:

@@ -75,7 +75,8 @@ def no_learning(step: Step, values: Mapping[str, float], streak: Streak,
 
 
 def _observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
-    return reports_learning(values)
+    # a step a GradScaler skipped is neither a failure to learn nor a clean step
+    return reports_learning(values) and not amp_skipped(step)
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:

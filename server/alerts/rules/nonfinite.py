@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from trainvitals.protocol import ClipEvent, NonFiniteOrigin, Step, TensorStats
-from trainvitals.protocol.series import TENSOR
+from trainvitals.protocol.series import BACKWARD_FACTOR, DEAD_GRADS, TENSOR, UPDATE, scalar_series
 from trainvitals.server.alerts import text
 from trainvitals.server.alerts.model import Details, Finding
 from trainvitals.server.alerts.origin import origin_details, origin_finding, origin_text
@@ -107,14 +107,16 @@ def observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
 
 
 # What a GradScaler's skipped step leaves non-finite by design: the (scaled) gradients and
-# what is computed from them. The forward, the loss and the tensors stay the rule's business.
-_SCALED = ("grad_norm", "grad_norm_post")
+# what the watches compute from them. The forward, the loss, the tensors and every other
+# scalar stay the rule's business.
+_SCALED = ("grad_norm", "grad_norm_post", scalar_series(BACKWARD_FACTOR))
+_FROM_GRADIENTS = tuple(scalar_series(f) for f in (DEAD_GRADS, UPDATE))
 
 
 def _after_backward(finding: Finding) -> bool:
     if finding.series == "origin":
         return finding.details.get("origin_stage") == "backward"
-    return finding.series in _SCALED or finding.series.startswith("scalar/")
+    return finding.series in _SCALED or finding.series.startswith(_FROM_GRADIENTS)
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:

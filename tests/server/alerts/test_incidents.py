@@ -211,3 +211,15 @@ def test_the_headline_keeps_the_words_of_the_onset_while_the_evidence_changes() 
     (incident,) = p.all()
     assert "the loss went NaN at step 20" in first
     assert incident.headline == first, incident.headline
+
+
+def test_nonsense_micro_batch_scalars_are_ignored_not_raised() -> None:
+    """A sender's numbers can be anything: an infinite micro-batch count must not break the
+    engine (it would have failed a commit whose records were already stored)."""
+    p = Pipeline()
+    healthy(p, range(0, 10))
+    for first, count in ((0.0, INF), (NAN, 4.0), (5.0, 4.0), (-INF, 2.0), (1e300, 1e301)):
+        p.feed(10, loss=NAN, loss_used=NAN, grad_norm=1.0, lr=1e-3,
+               scalars={"micro/first_nonfinite": first, "micro/batches": count})
+    (incident,) = p.all()
+    assert "micro-batch" not in incident.headline

@@ -107,3 +107,15 @@ def test_skipping_that_persists_or_a_collapsed_scale_is_one_amp_finding() -> Non
                    [at(n, amp__skipped=float(n < 10), amp__scale=2.0 ** (24 - min(n, 10)))
                     for n in range(30)])
     assert warm_up == []  # ten skips while the scale is found: data, not an incident
+
+
+def test_skipped_steps_neither_resolve_an_open_no_learning_alert_nor_hide_other_nans() -> None:
+    engine = AlertEngine(AlertConfig(stall_steps=3, resolve_after=2))
+    stuck = {"update__m": 0.0}
+    opened = feed(engine, [at(n, **stuck) for n in range(4)])
+    assert (2, "opened", "no_learning") in opened  # the third step without an update
+    skipped = [at(n, update__m=0.0, amp__skipped=1.0) for n in range(4, 10)]
+    assert [c for c in feed(engine, skipped) if c[2] == "no_learning"] == []  # still open
+    # on a skipped step a NaN of the user's own scalar is an alert as on any other step
+    changes = feed(engine, [at(10, update__m=0.0, amp__skipped=1.0, iou=math.nan)])
+    assert (10, "opened", "nonfinite") in changes
