@@ -102,7 +102,10 @@ class FreeSpace:
             with self._lock:
                 self._level = _next_level(self._level, free, floor)
                 space = Space(str(self.path), free, total, floor, self._level)
-        self.last = space
+                self.last = space  # under the lock: two threads measure (writer, readiness)
+                return space
+        with self._lock:
+            self.last = space
         return space
 
     def check(self) -> None:

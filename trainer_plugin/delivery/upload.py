@@ -149,7 +149,9 @@ def _one_stream(spool: Spool, url: str, token: str | None, timeout: float,
             bar(total - spool.pending, total)
     link.stop.set()
     thread.join(5)
-    for line in notes.take():
+    with changed:  # the link thread may still be alive after join(5): take under its lock
+        lines = notes.take()
+    for line in lines:
         bar.note(line)
     bar(total - spool.pending, total)
     bar.finish()
