@@ -1,8 +1,11 @@
 """Latency: from ``log_step`` to the point being in the dashboard's chart, in headless Chromium.
 
-A ``Monitor`` logs steps at a fixed rate to a ``trainvitals serve`` subprocess; the dashboard is
-open on the run in headless Chromium. A ``MutationObserver`` on the loss chart notes, for each
-step, when its point first appears in the chart's data after plotly redrew the DOM
+A ``Monitor`` logs steps at a fixed rate to a ``trainvitals serve`` subprocess — the loss, its
+components, the gradient norm and the statistics of six tensors, so the page shows 8 live charts
+(loss, gradients, one per tensor) — and the dashboard is open on the run in headless Chromium,
+started once every chart's first draw is done. A ``MutationObserver`` on the loss chart notes,
+for each step, when its point first appears in the chart's data after the chart's DOM changed
+(plotly's redraw, or the path the live fast path appended: frontend/charts.js)
 (``performance.timeOrigin + performance.now()``, the same wall clock as Python's
 ``time.time()``), and again at the next animation frame (≈ painted). Latency = that time minus
 ``time.time()`` taken just before ``log_step``. p50/p99 per rate.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import math
 import tempfile
 import threading
 import time
@@ -29,14 +34,14 @@ from typing import Any
 
 import torch
 from common import LoadMeter, ServerProcess, fmt, header, note, percentile, table
-from ingest import FrameMaker
+from ingest import _SEQ, _STEP, FrameMaker, sample_step
 from playwright.sync_api import sync_playwright
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from tests.support.browser import CHROMIUM, launch
 from trainvitals import Monitor
-from trainvitals.protocol import Ack, decode
+from trainvitals.protocol import Ack, Batch, decode, encode
 
 TARGET_P99_MS = 100.0
 
@@ -121,7 +126,7 @@ def main() -> int:
                  versions={"chromium": _chromium_version()},
                  extra=[f"{args.duration:g} s per rate; server subprocess, Monitor and Chromium "
                         "on the same machine; target p99 ≤ 100 ms", *extra]))
-    print(table(["sender", "steps/s", "points", "p50 ms (at a Python live client)",
+    print(table(["sender", "steps/s", "points", "live charts", "p50 ms (at a Python live client)",
                  "p99 ms (at a Python live client)", "p50 ms (at page socket)",
                  "p99 ms (at page socket)", "p50 ms (in chart DOM)", "p99 ms (in chart DOM)",
                  "max ms", "p50 ms (next frame)", "p99 ms (next frame)",
@@ -135,17 +140,28 @@ def main() -> int:
     return 0
 
 
+# Watched tensors: with the loss and gradient charts, 8 live charts on the page (issue 15).
+TENSORS = ("depth_raw", "depth", "local_points", "normals", "conf", "features")
+CHARTS = 2 + len(TENSORS)
+
+
 class MonitorSource:
-    """Steps logged through the plugin, as a training loop would."""
+    """Steps logged through the plugin, as a training loop would: loss, components, gradient
+    norm and the statistics of six tensors (8 live charts)."""
 
     label = "Monitor.log_step"
 
     def __init__(self, server: ServerProcess, run: str) -> None:
         self._spool = tempfile.TemporaryDirectory(prefix="bench-spool-")
         self.mon = Monitor(run, server=server.ws_url, token=server.token, spool=self._spool.name)
+        gen = torch.Generator().manual_seed(0)
+        self.tensors = {name: torch.randn(256, generator=gen) for name in TENSORS}
 
     def log(self, step: int) -> None:
         loss = torch.tensor(1.0 + 0.001 * step)
+        scale = 1.0 + 0.05 * math.sin(step / 50)  # statistics that move, within ±5 %
+        for name, t in self.tensors.items():
+            self.mon.tensor(name, t * scale, feeds_exp=name == "depth_raw")
         parts = {"points": loss * 0.7, "normal": loss * 0.3}
         used = self.mon.clip_guard(loss, 10.0, parts)
         self.mon.log_step(step, loss=loss, loss_used=used, components=parts,
@@ -160,13 +176,28 @@ class MonitorSource:
         return f"{stats.dropped} records dropped"
 
 
+class SixTensorFrames(FrameMaker):
+    """bench/ingest.py's frame template, with the six tensors of ``TENSORS`` (8 charts)."""
+
+    def __init__(self, run: str, session: str, rank: int) -> None:
+        super().__init__(run, session, rank)
+        step = sample_step(run, session, rank)
+        stats = next(iter(step.tensors.values()))
+        step = dataclasses.replace(step, tensors={name: stats for name in TENSORS})
+        frame = encode(Batch((step,)))
+        self.head = frame[:frame.index('"records":[') + len('"records":[')]
+        pre, rest = frame[len(self.head):-2].split(str(_SEQ))
+        mid, post = rest.split(str(_STEP))
+        self.parts = (pre, mid, post)
+
+
 class RawSource:
     """One pre-encoded step frame per step over a raw websocket: the server and page alone."""
 
     label = "raw websocket frame (no plugin)"
 
     def __init__(self, server: ServerProcess, run: str) -> None:
-        self.maker = FrameMaker(run, uuid.uuid4().hex[:16], 0)
+        self.maker = SixTensorFrames(run, uuid.uuid4().hex[:16], 0)
         self.ws = connect(f"{server.ws_url}/ws/ingest", proxy=None, max_size=None,
                           additional_headers={"Authorization": f"Bearer {server.token}"})
         self.ws.send(self.maker.start)
@@ -239,6 +270,16 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
         "() => window.trainvitals && window.trainvitals.liveState === 'live' && "
         f"(window.trainvitals.traceLengths('chart-loss')['s:loss#0'] || 0) >= {warm}",
         timeout=30_000)
+    page.wait_for_function(f"() => document.querySelectorAll('.chart').length >= {CHARTS}",
+                           timeout=30_000)
+    charts = page.evaluate("() => document.querySelectorAll('.chart').length")
+    # The page's first draws (~0.2 s a chart here) are loading, not live latency: start once
+    # every chart is drawn and settled.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.chart')].every("
+        "(c) => window.trainvitals.draws(c.id) >= 1)", timeout=30_000)
+    page.evaluate("() => window.trainvitals.settled()")
+    page.wait_for_timeout(1000)
     page.evaluate(OBSERVER_JS)
     cdp = _start_js_profile(page) if profile else None
     listener = LiveListener(server, run)
@@ -258,6 +299,9 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
     js_profile = _stop_js_profile(cdp) if cdp is not None else []
     listener.close()
     arrived = page.evaluate("() => window.__latency")
+    # How the charts were updated (frontend/charts.js): full draws, live updates by path.
+    updates = page.evaluate("""() => [...document.querySelectorAll('.chart')].map((c) => ({
+        draws: window.trainvitals.draws(c.id), ...(window.trainvitals.updates?.(c.id) ?? {})}))""")
     socket = page.evaluate("() => window.__arrived")
     page.close()
     said = source.close()
@@ -269,7 +313,7 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
     p99 = percentile(dom, 99)
     note(f"{kind.label}, {rate:g} steps/s: p50 {percentile(dom, 50):.1f} ms, p99 {p99:.1f} ms")
     return {
-        "row": [kind.label, f"{rate:g}", len(dom), fmt(percentile(served, 50), 1),
+        "row": [kind.label, f"{rate:g}", len(dom), charts, fmt(percentile(served, 50), 1),
                 fmt(percentile(served, 99), 1), fmt(percentile(wire, 50), 1),
                 fmt(percentile(wire, 99), 1), fmt(percentile(dom, 50), 1), fmt(p99, 1),
                 fmt(max(dom), 1), fmt(percentile(frame, 50), 1), fmt(percentile(frame, 99), 1),
@@ -277,8 +321,17 @@ def measure(server: ServerProcess, browser: Any, rate: float, duration: float,
                 ("met" if p99 <= TARGET_P99_MS else "MISSED") if kind is MonitorSource else "—"],
         "profile": js_profile,
         "note": (f"{kind.label}, {rate:g} steps/s: page clock − Python clock = "
-                 f"{offset_ms:+.2f} ms (±{rtt_ms / 2:.2f} ms, not applied); {said}"),
+                 f"{offset_ms:+.2f} ms (±{rtt_ms / 2:.2f} ms, not applied); {said}; "
+                 f"{_updates_text(updates)}"),
     }
+
+
+def _updates_text(updates: list[dict[str, int]]) -> str:
+    """The charts' updates in words: full draws, and live updates by path, over all charts."""
+    total = {k: sum(u.get(k, 0) for u in updates) for k in ("draws", "fast", "full", "refreshes")}
+    return (f"{len(updates)} charts: {total['draws']} full draws (Plotly.react), live updates "
+            f"{total['fast']} appended / {total['full']} full (extendTraces), "
+            f"{total['refreshes']} idle-time redraws")
 
 
 def _start_js_profile(page: Any) -> Any:

@@ -218,6 +218,10 @@ export class CompareView {
     return this.group.draws(id);
   }
 
+  updates(id) {
+    return this.group.updates(id);
+  }
+
   settled() {
     return this.group.settled();
   }

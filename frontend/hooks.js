@@ -20,6 +20,8 @@ export function exposeHooks(currentView, extra = {}) {
     traceLengths: (id) => currentView()?.traceLengths(id) ?? {},
     /** Full redraws of chart `id` since the view was opened (reloads only; live data appends). */
     draws: (id) => currentView()?.draws(id) ?? 0,
+    /** Live updates of chart `id` by path ({fast, full, refreshes}; charts.js), or null. */
+    updates: (id) => currentView()?.updates?.(id) ?? null,
     /** Resolves once queued chart updates are drawn. */
     settled: () => currentView()?.settled() ?? Promise.resolve(),
     /** The page's series-name grammar (series.js), to hold it to Python's. */

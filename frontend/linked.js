@@ -124,6 +124,12 @@ export class ChartGroup {
     return this.charts.get(id)?.chart.draws ?? 0;
   }
 
+  /** {fast, full, refreshes}: chart `id`'s live updates by path (charts.js), or null. */
+  updates(id) {
+    const chart = this.charts.get(id)?.chart;
+    return chart ? { ...chart.updates } : null;
+  }
+
   /** Resolves when every chart has applied what it was given. */
   async settled() {
     for (const { chart } of this.charts.values()) chart.flush();

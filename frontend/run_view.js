@@ -391,6 +391,7 @@ export class RunView {
     if (this.run && step > (this.newestStep ?? this.run.last_step ?? -Infinity)) this.newestStep = step;
     this.refreshText();
     for (const { chart } of this.group.entries()) {
+      chart.follow = true; // live data flows: keep room for it on the axes (charts.js)
       if (chart.drawn) chart.schedule();
       else chart.draw(); // a tensor seen for the first time
     }
@@ -431,6 +432,10 @@ export class RunView {
 
   draws(id) {
     return this.group.draws(id);
+  }
+
+  updates(id) {
+    return this.group.updates(id);
   }
 
   settled() {
