@@ -106,9 +106,10 @@ def observes(series: str, step: Step, values: Mapping[str, float]) -> bool:
     return series in values or (series == "loss" and step.clip is not None)
 
 
-# What a GradScaler's skipped step leaves non-finite by design: the (scaled) gradients and
-# what the watches compute from them. The forward, the loss, the tensors and every other
-# scalar stay the rule's business.
+# What a GradScaler's skipped step leaves non-finite by design: the (scaled) gradients, what
+# the watches compute from them, and scalars named as gradient quantities (a trainer's own
+# "hf/grad_norm"). The forward, the loss, the tensors and every other scalar stay the rule's
+# business.
 _SCALED = ("grad_norm", "grad_norm_post", scalar_series(BACKWARD_FACTOR))
 _FROM_GRADIENTS = tuple(scalar_series(f) for f in (DEAD_GRADS, UPDATE))
 
@@ -116,7 +117,9 @@ _FROM_GRADIENTS = tuple(scalar_series(f) for f in (DEAD_GRADS, UPDATE))
 def _after_backward(finding: Finding) -> bool:
     if finding.series == "origin":
         return finding.details.get("origin_stage") == "backward"
-    return finding.series in _SCALED or finding.series.startswith(_FROM_GRADIENTS)
+    if finding.series in _SCALED or finding.series.startswith(_FROM_GRADIENTS):
+        return True
+    return finding.series.startswith("scalar/") and "grad" in finding.series.rsplit("/", 1)[-1]
 
 
 def _judge(ctx: RuleContext) -> list[Finding]:

@@ -119,3 +119,10 @@ def test_skipped_steps_neither_resolve_an_open_no_learning_alert_nor_hide_other_
     # on a skipped step a NaN of the user's own scalar is an alert as on any other step
     changes = feed(engine, [at(10, update__m=0.0, amp__skipped=1.0, iou=math.nan)])
     assert (10, "opened", "nonfinite") in changes
+
+
+def test_on_a_skipped_step_a_trainers_own_grad_norm_scalar_is_data_too() -> None:
+    engine = AlertEngine(AlertConfig())
+    changes = feed(engine, [at(0, amp__skipped=1.0, hf__grad_norm=math.nan)])
+    assert changes == []  # the HF Trainer logs the (scaled) norm of a skipped step as NaN
+    assert (1, "opened", "nonfinite") in feed(engine, [at(1, hf__grad_norm=math.nan)])
