@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: a throwaway PostgreSQL cluster.
+"""Fixtures shared by every test folder: a throwaway PostgreSQL cluster, and headless Chromium.
 
 The cluster (``tests.support.postgres``) is started by hand on 127.0.0.1, once per test
 session, in a temporary directory, and stopped at the end. Each test that asks for
@@ -13,10 +13,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.support.browser import launch, require_chromium
 from tests.support.postgres import PostgresCluster, postgres_bin
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (``tests.support.browser``), one per test module; a module that
+    needs other launch options defines its own."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    require_chromium()
+    with sync_api.sync_playwright() as pw:
+        chromium = launch(pw)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from tests.support.tmpfs import CannotMount, SmallDisk
 from tests.support.waiting import poll_until
 from trainvitals.protocol import Batch, RunStart, Step, encode
@@ -55,16 +54,6 @@ def server(disk: SmallDisk) -> Iterator[ServerThread]:
                         backlog_warn_s=30)
     with ServerThread(settings) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 def behind(srv: ServerThread, run: str) -> int:

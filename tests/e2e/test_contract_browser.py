@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import RunStart, Step
 from trainvitals.protocol.contract import contract
 from trainvitals.protocol.series import parse_series
@@ -64,16 +63,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     store.close()
     with ServerThread(settings) as srv:
         yield srv.http_url, run_id
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import pytest
 import torch
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from trainvitals import Monitor
 from trainvitals.protocol import Batch, Record, RunStart, Step, encode
 from trainvitals.server import ServerThread, Settings
@@ -64,16 +63,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                         ingest_token=INGEST_TOKEN, view_token=VIEW_TOKEN, log_alerts=False)
     with ServerThread(settings) as srv:
         yield Server(srv.http_url, srv.ws_url)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import Batch, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings
 
@@ -125,16 +124,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
               tensors=lambda n: {"depth": stats(n, NAN_COUNTS.get(n, 0))})
         s.run(CALM, range(40))
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

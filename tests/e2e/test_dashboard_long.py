@@ -22,7 +22,6 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import Batch, ClipEvent, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings, SQLiteStore
 from trainvitals.server.store.sqlite.blocks import rebuild
@@ -75,16 +74,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
             assert json.loads(ws.recv(timeout=10))["type"] == "ack"
         runs = httpx.get(f"{srv.http_url}/api/runs", timeout=30).json()["runs"]
         yield srv.http_url, long_id, next(r["id"] for r in runs if r["name"] == XSS)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

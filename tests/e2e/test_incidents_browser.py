@@ -23,7 +23,6 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import Batch, Record, RunStart, Step, TensorStats, encode
 from trainvitals.server import ServerThread, Settings
 
@@ -100,16 +99,6 @@ def server(tmp_path: Any) -> Iterator[Server]:
                         view_token=VIEW_TOKEN, log_alerts=False)
     with ServerThread(settings) as srv:
         yield Server(srv.http_url, srv.ws_url)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.browser import launch, require_chromium
 from trainvitals.protocol import (
     Batch,
     ClipEvent,
@@ -264,16 +263,6 @@ def test_exports_of_an_unknown_run_are_404(srv: ServerThread) -> None:
 
 
 # --------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 class Opened:
