@@ -40,7 +40,11 @@ def _bad(stats: Stats) -> torch.Tensor | bool:
 
 
 class MicroBatches:
-    """What one optimizer step's micro-batches logged; ``reset()`` after each record."""
+    """What one optimizer step's micro-batches logged; ``reset()`` after each record.
+
+    Which micro-batch went bad first is worked out only when a step had several (in
+    ``scalars``): a step of one micro-batch — most training — pays nothing for it, not even a
+    kernel on the device."""
 
     def __init__(self) -> None:
         self.reset()
@@ -50,7 +54,7 @@ class MicroBatches:
         self._calls: dict[str, int] = {}
         self._losses = 0
         self._last_loss: torch.Tensor | None = None
-        self._first: torch.Tensor | int = -1  # first bad micro-batch index, or -1
+        self._seen: list[tuple[int, Stats | None, torch.Tensor | None]] = []  # index, stats, loss
 
     def tensor(self, name: str, stats: Stats) -> Stats:
         """Note ``name``'s statistics of one more micro-batch; the step's merged statistics."""
@@ -58,7 +62,7 @@ class MicroBatches:
         self._calls[name] = index + 1
         merged = stats if index == 0 else merge_stats(self._stats[name], stats)
         self._stats[name] = merged
-        self._note(index, _bad(stats))
+        self._seen.append((index, stats, None))
         return merged
 
     def loss(self, raw: torch.Tensor) -> None:
@@ -67,22 +71,8 @@ class MicroBatches:
         if raw is self._last_loss:
             return
         self._last_loss = raw
-        index = self._losses
+        self._seen.append((self._losses, None, raw.detach()))
         self._losses += 1
-        finite = torch.isfinite(raw.detach()).all()
-        self._note(index, ~finite if isinstance(finite, torch.Tensor) else not finite)
-
-    def _note(self, index: int, bad: torch.Tensor | bool) -> None:
-        first = self._first
-        if isinstance(bad, torch.Tensor):
-            fresh = torch.full((), index, dtype=torch.float64, device=bad.device)
-            if isinstance(first, int):
-                first = torch.full((), first, dtype=torch.float64, device=bad.device)
-            elif first.device != bad.device:
-                first = first.to(bad.device, non_blocking=True)
-            self._first = torch.where(bad & (first < 0), fresh, first)
-        elif bad and isinstance(first, int) and first < 0:
-            self._first = index
 
     def __contains__(self, name: str) -> bool:
         """Whether tensor ``name`` was logged in this step (while gradients were on)."""
@@ -97,6 +87,27 @@ class MicroBatches:
         """The step's micro-batch scalars when it had more than one micro-batch, else none."""
         if self.batches < 2:
             return {}
-        first = self._first
+        first: torch.Tensor | int = -1
+        for index, stats, raw in self._seen:
+            if stats is not None:
+                bad: torch.Tensor | bool = _bad(stats)
+            else:
+                assert raw is not None
+                bad = ~torch.isfinite(raw).all()
+            first = _earliest(first, index, bad)
         return {MICRO_BATCHES: float(self.batches),
                 FIRST_BAD_MICRO_BATCH: first if isinstance(first, torch.Tensor) else float(first)}
+
+
+def _earliest(first: torch.Tensor | int, index: int, bad: torch.Tensor | bool
+              ) -> torch.Tensor | int:
+    """The first bad index so far, given whether micro-batch ``index`` was bad (on the
+    device when ``bad`` is a device value: no sync)."""
+    if not isinstance(bad, torch.Tensor):
+        return index if bad and isinstance(first, int) and first < 0 else first
+    fresh = torch.full((), index, dtype=torch.float64, device=bad.device)
+    if isinstance(first, int):
+        first = torch.full((), first, dtype=torch.float64, device=bad.device)
+    elif first.device != bad.device:
+        first = first.to(bad.device, non_blocking=True)
+    return torch.where(bad & (first < 0), fresh, first)
