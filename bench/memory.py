@@ -39,6 +39,7 @@ from ingest import VALUES_PER_RECORD, FrameMaker, _expect_ack
 from websockets.sync.client import connect
 
 from trainvitals.protocol import Ack, decode
+from trainvitals.server.store.sqlite import run_steps
 from trainvitals.server.store.sqlite.blocks import rebuild
 from trainvitals.server.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
 
@@ -139,6 +140,7 @@ def build_bulk(db: Path, runs: int, steps: int) -> None:
                 "WITH RECURSIVE c(s) AS (SELECT 0 UNION ALL SELECT s + 1 FROM c WHERE s + 1 < :n) "
                 "INSERT INTO steps SELECT :run, 0, s, :t + s * 0.01 FROM c",
                 {"n": steps, "run": r, "t": now})
+            run_steps.rebuild(conn, [r])  # the step counts the store keeps with steps
             for name in BULK_SERIES:
                 series_id += 1
                 conn.execute("INSERT INTO series(id, run_id, rank, name) VALUES (?,?,0,?)",

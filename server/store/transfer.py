@@ -9,8 +9,9 @@ written with ``repr`` precision, and JSON text columns are copied verbatim.
 
 Export reads a consistent snapshot while the server runs (WAL). Import writes each run in one
 transaction into the target data directory — the server there may be running — and skips
-runs whose name it already has. Derived tables (``point_blocks``, the block summaries) are not
-exported; import rebuilds them from the points in the run's transaction.
+runs whose name it already has. Derived tables (``point_blocks``, the block summaries, and
+``run_steps``, the step counts) are not exported; import rebuilds them from the points and steps
+in the run's transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trainvitals.protocol import float_from_wire, float_to_wire
+from trainvitals.server.store.sqlite import run_steps
 from trainvitals.server.store.sqlite.blocks import rebuild
 from trainvitals.server.store.sqlite.store import SQLiteStore, configure
 
@@ -33,7 +35,7 @@ FORMAT = "trainvitals-runs"
 VERSION = 1
 CHUNK = 20_000  # rows per line: bounded memory on both sides
 PARENTS = {"run_id": "runs", "stream_id": "streams", "series_id": "series"}
-DERIVED = frozenset({"point_blocks"})  # not exported: import rebuilds them from the points
+DERIVED = frozenset({"point_blocks", "run_steps"})  # not exported: import rebuilds them
 Progress = Callable[[int, int], None]  # (done, total): rows on export, bytes on import
 
 
@@ -191,6 +193,7 @@ class _Importer:
         elif kind == "end" and self._run is not None:
             if not self._skip:
                 rebuild(self._conn, self._ids.get("series", {}).values())
+                run_steps.rebuild(self._conn, self._ids.get("runs", {}).values())
                 self._conn.execute("COMMIT")
             (self._result.skipped if self._skip else self._result.imported).append(self._run)
             self._run = None

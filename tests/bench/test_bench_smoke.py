@@ -29,6 +29,7 @@ SCRIPTS = {
     "records": ["records.py", "--quick"],
     "ingest": ["ingest.py", "--quick"],
     "longrun": ["longrun.py", "--quick"],
+    "runs_list": ["runs_list.py", "--quick"],
     "memory": ["memory.py", "--quick"],
     "gpu_none": ["gpu_overhead.py"],
     "gpu_dry": ["gpu_overhead.py", "--cpu-dry-run", "--quick", "--workloads", "convnet"],
@@ -142,6 +143,21 @@ def test_longrun_keeps_every_spike(launched) -> None:
     kept, wanted = body[2][6].split("/")  # the zoomed range: per column its extremes
     assert kept == wanted and int(wanted) > 300
     assert body[3][5] == "200,000"
+
+
+def test_runs_list_answers_every_run_right_at_both_sizes(launched) -> None:
+    out = finish(launched["runs_list"])
+    body = [r for r in rows(out) if r[0] != "steps per run"]
+    timed = [("SQLiteStore.runs() (in process)", "cold"),
+             ("SQLiteStore.runs() (in process)", "warm"),
+             ("GET /api/runs (trainvitals serve)", "cold (first call)"),
+             ("GET /api/runs (trainvitals serve)", "warm")]
+    for size in ("1,000", "5,000"):
+        of_size = [r for r in body if r[0] == size]
+        assert [(r[1], r[2]) for r in of_size[:4]] == timed
+        assert {r[6] for r in of_size[:4]} == {"yes"}  # every run, its steps and times
+        assert of_size[4][1].startswith("before: count(*)")
+    assert len(body) == 10
 
 
 def test_diagnosis_judges_each_case_and_level_as_the_suite_does(launched) -> None:

@@ -73,7 +73,7 @@ def test_deleted_runs_leave_nothing_behind_and_the_name_can_come_back(
     sweep(store, now=10 * DAY, retain_days=1, retain_bytes=None)
     conn = store._write_conn()
     for table in ("runs", "streams", "seen", "series", "points", "point_blocks", "steps",
-                  "clips", "alerts"):
+                  "run_steps", "clips", "alerts"):
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
     # the store forgot its cached ids: the same run name (and session) starts afresh
     result = store.write(a_run("gone", 10 * DAY))

@@ -5,7 +5,9 @@ The tables mirror the SQLite schema (``store.sqlite.schema``) with native types:
 protocol's integers are signed 64-bit), names compare byte-wise (``COLLATE "C"``, as SQLite
 does), and ids come from identity columns. Bump ``SCHEMA_VERSION`` with every change to
 ``SCHEMA``; a version whose changes are new tables only (``UPGRADABLE``) is brought up to date
-in place. Version 2 added ``incidents``.
+in place: ``SCHEMA`` creates the tables it lacks and ``BACKFILL`` fills those derived from other
+tables. Version 2 added ``incidents``, version 3 ``run_steps`` (each run's step count and
+first/last time: ``trainvitals.server.store.run_steps``), counted once from ``steps`` on upgrade.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any
 
 __all__ = ["LOCK_NAMESPACE", "RUNS_LOCK", "SCHEMA", "SCHEMA_VERSION", "TABLES", "create_or_check"]
 
-SCHEMA_VERSION = 2
-UPGRADABLE = (1,)  # versions SCHEMA upgrades as it stands: it only adds tables
+SCHEMA_VERSION = 3
+UPGRADABLE = (1, 2)  # versions SCHEMA upgrades as it stands: it only adds tables
 
 # Transaction-level advisory locks: pg_advisory_xact_lock(LOCK_NAMESPACE, key).
 LOCK_NAMESPACE = 0x7476  # "tv"
@@ -48,6 +50,12 @@ CREATE TABLE IF NOT EXISTS points (
 CREATE TABLE IF NOT EXISTS steps (
     run_id bigint NOT NULL, rank bigint NOT NULL, step bigint NOT NULL,
     time double precision NOT NULL, PRIMARY KEY (run_id, rank, step));
+-- per run and rank: how many rows steps holds, and the lowest and highest time among them,
+-- kept exact with every write of steps (trainvitals.server.store.run_steps), for the runs list
+CREATE TABLE IF NOT EXISTS run_steps (
+    run_id bigint NOT NULL, rank bigint NOT NULL, steps bigint NOT NULL,
+    first_time double precision NOT NULL, last_time double precision NOT NULL,
+    PRIMARY KEY (run_id, rank));
 CREATE TABLE IF NOT EXISTS clips (
     run_id bigint NOT NULL, rank bigint NOT NULL, step bigint NOT NULL,
     raw double precision NOT NULL, threshold double precision NOT NULL, action text NOT NULL,
@@ -78,8 +86,16 @@ CREATE TABLE IF NOT EXISTS origins (
 """
 
 # Every table, children first (the order delete_run deletes in).
-TABLES = ("seen", "points", "series", "steps", "clips", "origins", "alerts", "incidents",
-          "streams", "runs", "meta")
+TABLES = ("seen", "points", "series", "steps", "run_steps", "clips", "origins", "alerts",
+          "incidents", "streams", "runs", "meta")
+
+# What a database of an older version needs once SCHEMA has created the tables it lacked:
+# per version that added a derived table, the statements that fill it from the others.
+BACKFILL = {
+    3: ("DELETE FROM run_steps",
+        "INSERT INTO run_steps SELECT run_id, rank, count(*), min(time), max(time) FROM steps "
+        "GROUP BY run_id, rank"),
+}
 
 
 def create_or_check(conn: Any, where: str) -> None:
@@ -94,6 +110,7 @@ def create_or_check(conn: Any, where: str) -> None:
         # Check the version before running SCHEMA: its statements may not apply to another
         # version's tables (and must not change a database this server will refuse).
         (meta,) = conn.execute("SELECT to_regclass('meta')").fetchone()
+        version = SCHEMA_VERSION  # of the database found (an empty one is created as this)
         if meta is not None:
             found = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             upgrade = found is not None and int(found[0]) in UPGRADABLE
@@ -101,7 +118,13 @@ def create_or_check(conn: Any, where: str) -> None:
                 raise RuntimeError(f"the PostgreSQL database {where} has schema version "
                                    f"{found[0]}; this server needs {SCHEMA_VERSION}. Use a new "
                                    "database.")
+            if upgrade:
+                version = int(found[0])
         conn.execute(SCHEMA)
+        for added_in, statements in BACKFILL.items():
+            if version < added_in:
+                for sql in statements:
+                    conn.execute(sql)
         conn.execute("INSERT INTO meta VALUES ('schema_version', %s) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                      (str(SCHEMA_VERSION),))

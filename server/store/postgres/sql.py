@@ -18,8 +18,13 @@ __all__ = [
            "INSERT_STREAMS",
            "M4",
            "RUN_SELECT",
+           "RUN_STEPS_ADD",
+           "RUN_STEPS_COUNT",
+           "RUN_STEPS_SELECT",
+           "RUN_STEPS_SET",
            "SELECT_SERIES",
            "SELECT_STREAMS",
+           "STORED_TIMES",
            "TABLE_SIZES",
            "UPDATE_RUN_PROGRESS",
            "UPSERT_ALERT",
@@ -73,6 +78,33 @@ UPSERT_STEPS = (
     "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::float8[]) "
     "ON CONFLICT (run_id, rank, step) DO UPDATE SET time = excluded.time")
 
+# The stored times of the given steps (those that exist), before an upsert replaces them.
+STORED_TIMES = (
+    "SELECT s.run_id, s.rank, s.step, s.time FROM steps s "
+    "JOIN unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS k(run_id, rank, step) "
+    "USING (run_id, rank, step)")
+
+# run_steps (trainvitals.server.store.run_steps): steps only added are added to the stored row;
+# a (run, rank) whose times were replaced is merged in Python (SELECT, then SET) or counted
+# again from steps.
+_RUN_STEPS = "unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::float8[], %b::float8[])"
+RUN_STEPS_ADD = (
+    f"INSERT INTO run_steps AS r SELECT * FROM {_RUN_STEPS} ON CONFLICT (run_id, rank) "
+    "DO UPDATE SET steps = r.steps + excluded.steps, "
+    "first_time = least(r.first_time, excluded.first_time), "
+    "last_time = greatest(r.last_time, excluded.last_time)")
+RUN_STEPS_SELECT = ("SELECT steps, first_time, last_time FROM run_steps "
+                    "WHERE run_id = %s AND rank = %s")
+RUN_STEPS_SET = (
+    f"INSERT INTO run_steps SELECT * FROM {_RUN_STEPS} ON CONFLICT (run_id, rank) "
+    "DO UPDATE SET steps = excluded.steps, first_time = excluded.first_time, "
+    "last_time = excluded.last_time")
+RUN_STEPS_COUNT = (
+    "INSERT INTO run_steps SELECT run_id, rank, count(*), min(time), max(time) FROM steps "
+    "WHERE run_id = %(run)s AND rank = %(rank)s GROUP BY run_id, rank "
+    "ON CONFLICT (run_id, rank) DO UPDATE SET steps = excluded.steps, "
+    "first_time = excluded.first_time, last_time = excluded.last_time")
+
 INSERT_CLIP = (
     "INSERT INTO clips VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id, rank, step) DO UPDATE SET raw = excluded.raw, "
@@ -108,7 +140,10 @@ UPSERT_ALERT = (
 
 # ------------------------------------------------------------------------------------- reads
 
-# A run with everything its RunRow shows, in one statement (no query per run).
+# A run with everything its RunRow shows, in one statement (no query per run), each part an
+# index seek: streams by (run_id, rank, session), the step summary by run_steps' key (no scan
+# of steps), open alerts by one_open_alert, incidents by their key, the latest steps by the
+# key of steps.
 RUN_SELECT = """
 SELECT r.id, r.name, r.status, r.created, r.updated, r.last_step, r.world_size, r.reason,
   r.config, coalesce(k.ranks, '{}'), coalesce(k.dropped, 0), st.n, st.t0, st.t1,
@@ -118,8 +153,9 @@ FROM runs r
 LEFT JOIN LATERAL (SELECT array_agg(DISTINCT rank ORDER BY rank) AS ranks,
                           sum(dropped)::bigint AS dropped
                    FROM streams WHERE run_id = r.id) k ON true
-LEFT JOIN LATERAL (SELECT count(*) AS n, min(time) AS t0, max(time) AS t1
-                   FROM steps WHERE run_id = r.id) st ON true
+LEFT JOIN LATERAL (SELECT coalesce(sum(steps), 0)::bigint AS n, min(first_time) AS t0,
+                          max(last_time) AS t1
+                   FROM run_steps WHERE run_id = r.id) st ON true
 LEFT JOIN LATERAL (SELECT json_object_agg(severity, n) AS open
                    FROM (SELECT severity, count(*) AS n FROM alerts
                          WHERE run_id = r.id AND state = 'open' GROUP BY severity) a) al ON true
@@ -184,6 +220,8 @@ FROM (SELECT 'meta' AS name, (SELECT avg(pg_column_size(t)) FROM (TABLE meta LIM
   UNION ALL SELECT 'series', (SELECT avg(pg_column_size(t)) FROM (TABLE series LIMIT 100) t)
   UNION ALL SELECT 'points', (SELECT avg(pg_column_size(t)) FROM (TABLE points LIMIT 100) t)
   UNION ALL SELECT 'steps', (SELECT avg(pg_column_size(t)) FROM (TABLE steps LIMIT 100) t)
+  UNION ALL SELECT 'run_steps',
+    (SELECT avg(pg_column_size(t)) FROM (TABLE run_steps LIMIT 100) t)
   UNION ALL SELECT 'clips', (SELECT avg(pg_column_size(t)) FROM (TABLE clips LIMIT 100) t)
   UNION ALL SELECT 'alerts', (SELECT avg(pg_column_size(t)) FROM (TABLE alerts LIMIT 100) t)
   UNION ALL SELECT 'origins', (SELECT avg(pg_column_size(t)) FROM (TABLE origins LIMIT 100) t)

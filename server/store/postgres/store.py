@@ -293,6 +293,7 @@ _DELETE_RUN = (
     "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE run_id = %(run)s)",
     "DELETE FROM series WHERE run_id = %(run)s",
     "DELETE FROM steps WHERE run_id = %(run)s",
+    "DELETE FROM run_steps WHERE run_id = %(run)s",
     "DELETE FROM clips WHERE run_id = %(run)s",
     "DELETE FROM origins WHERE run_id = %(run)s",
     "DELETE FROM alerts WHERE run_id = %(run)s",

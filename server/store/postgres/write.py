@@ -10,6 +10,8 @@ How it stays right when other replicas write into the same database:
   seq up to it is stored (rows are never taken back), whichever replica stored them.
 - **Limits are checked on the database's counts** inside the transaction; ``LimitExceeded``
   rolls the whole write back.
+- **The runs list's step counts** (``run_steps``) are merged in the same transaction, from the
+  step rows it inserted or whose time it replaced (``trainvitals.server.store.run_steps``).
 
 Consecutive steps are written in bulk: their points and step times by binary ``COPY`` (or, when
 a step is written again, one ``INSERT … ON CONFLICT DO UPDATE`` per table), the rest with one
@@ -39,6 +41,11 @@ from trainvitals.server.store.postgres.sql import (
     HIGH_WATER,
     INSERT_CLIP,
     INSERT_SEEN,
+    RUN_STEPS_ADD,
+    RUN_STEPS_COUNT,
+    RUN_STEPS_SELECT,
+    RUN_STEPS_SET,
+    STORED_TIMES,
     UPDATE_RUN_PROGRESS,
     UPSERT_ALERT,
     UPSERT_INCIDENT,
@@ -46,6 +53,7 @@ from trainvitals.server.store.postgres.sql import (
     UPSERT_POINTS,
     UPSERT_STEPS,
 )
+from trainvitals.server.store.run_steps import PendingSteps, merge
 
 __all__ = ["WriteTransaction"]
 
@@ -56,6 +64,7 @@ class WriteTransaction:
     def __init__(self, conn: Any, cache: IdCache, limits: Limits) -> None:
         self.conn, self.cache = conn, cache
         self.ids = Ids(conn, cache, limits)
+        self.steps = PendingSteps()  # what this transaction did to `steps`
 
     def write(self, records: Sequence[Record], values_of: ValuesOf = step_values
               ) -> WriteResult:
@@ -64,6 +73,7 @@ class WriteTransaction:
         stream_of = self.ids.streams(records)
         accepted = self._first_time(records, stream_of)
         self._apply(accepted, stream_of, values_of)
+        self._flush_run_steps()
         marks = self._high_water(set(stream_of.values()))
         return WriteResult(accepted, dict(self.cache.runs),
                            {key: marks[sid] for key, sid in stream_of.items() if marks[sid] >= 0})
@@ -146,13 +156,41 @@ class WriteTransaction:
                      times: dict[tuple[int, int, int], float]) -> None:
         """COPY the rows; if one exists already (a resumed run writing a step again), the
         savepoint takes the COPY back and upserts replace the stored rows instead."""
+        stored: dict[tuple[int, int, int], float] = {}
         try:
             with self.conn.transaction():  # a savepoint
                 _copy(self.conn.cursor(), COPY_POINTS, ("int8", "int8", "float8"), points)
                 _copy(self.conn.cursor(), COPY_STEPS, ("int8", "int8", "int8", "float8"), times)
         except UniqueViolation:
+            keys = _columns(times, 3)[:3]
+            stored = {(run_id, rank, step): t for run_id, rank, step, t in self.conn.execute(
+                STORED_TIMES, keys).fetchall()}
             self.conn.execute(UPSERT_POINTS, _columns(points, 2))
             self.conn.execute(UPSERT_STEPS, _columns(times, 3))
+        for key, t in times.items():
+            old = stored.get(key)
+            if old is None:
+                self.steps.added(key[0], key[1], t)
+            elif old != t:
+                self.steps.replaced(key[0], key[1], old, t)
+
+    def _flush_run_steps(self) -> None:
+        """Merge what this transaction did to ``steps`` into ``run_steps``."""
+        added: list[tuple[int, int, int, float, float]] = []
+        for (run_id, rank), p in self.steps.items():
+            if not p.replaced:
+                added.append((run_id, rank, p.added, p.lo, p.hi))
+                continue
+            row = self.conn.execute(RUN_STEPS_SELECT, (run_id, rank)).fetchone()
+            merged = merge(None if row is None else (row[0], row[1], row[2]), p)
+            if merged is None:  # a replaced time was the first or last: count the rank again
+                self.conn.execute(RUN_STEPS_COUNT, {"run": run_id, "rank": rank})
+            else:
+                self.conn.execute(RUN_STEPS_SET, [[run_id], [rank], *([v] for v in merged)])
+        if added:
+            self.conn.execute(RUN_STEPS_ADD, [list(column) for column in zip(*added,
+                                                                              strict=True)])
+        self.steps.clear()
 
     def _start_stream(self, start: RunStart, stream_id: int) -> None:
         self.conn.execute(

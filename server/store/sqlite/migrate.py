@@ -13,8 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trainvitals.server.store.sqlite import run_steps
 from trainvitals.server.store.sqlite.blocks import rebuild
-from trainvitals.server.store.sqlite.schema import INCIDENTS, POINT_BLOCKS, SCHEMA_VERSION
+from trainvitals.server.store.sqlite.schema import (
+    INCIDENTS,
+    POINT_BLOCKS,
+    RUN_STEPS,
+    SCHEMA_VERSION,
+)
 
 __all__ = ["migrate"]
 
@@ -57,6 +63,17 @@ def _add_incidents(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute(INCIDENTS)
 
 
+def _add_run_steps(conn: sqlite3.Connection, path: Path) -> None:
+    """3 → 4: each run's step count and first/last time, counted once from ``steps``."""
+    conn.execute(RUN_STEPS)
+    started = time.monotonic()
+    run_steps.rebuild(conn)
+    (steps, runs) = conn.execute("SELECT coalesce(sum(steps), 0), count(DISTINCT run_id) "
+                                 "FROM run_steps").fetchone()
+    log.info("%s: counted %d steps of %d runs in %.1f s", path, steps, runs,
+             time.monotonic() - started)
+
+
 def _progress(path: Path, started: float) -> Callable[[int], None]:
     last = [started]
 
@@ -70,4 +87,4 @@ def _progress(path: Path, started: float) -> Callable[[int], None]:
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection, Path], None]] = {
-    1: _add_point_blocks, 2: _add_incidents}
+    1: _add_point_blocks, 2: _add_incidents, 3: _add_run_steps}

@@ -2,10 +2,20 @@
 teach ``trainvitals.server.store.sqlite.migrate`` the way from the previous version.
 
 Version 2 added ``point_blocks`` (block summaries for fast long-range charts), version 3
-``incidents`` (one row per root cause: ``trainvitals.server.alerts.incidents``).
+``incidents`` (one row per root cause: ``trainvitals.server.alerts.incidents``), version 4
+``run_steps`` (each run's step count and first/last time: ``trainvitals.server.store.run_steps``).
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+RUN_STEPS = """
+-- per run and rank: how many rows `steps` holds, and the lowest and highest time among them,
+-- kept exact with every write of steps (trainvitals.server.store.run_steps), for the runs list
+CREATE TABLE IF NOT EXISTS run_steps (
+    run_id INTEGER NOT NULL, rank INTEGER NOT NULL, steps INTEGER NOT NULL,
+    first_time REAL NOT NULL, last_time REAL NOT NULL, PRIMARY KEY (run_id, rank)
+) WITHOUT ROWID;
+"""
 
 INCIDENTS = """
 -- one root cause on one run (number counts the run's incidents from 1); body is JSON: the
@@ -58,7 +68,7 @@ CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
     PRIMARY KEY (series_id, step)
 ) WITHOUT ROWID;
-""" + POINT_BLOCKS + INCIDENTS + """CREATE TABLE IF NOT EXISTS steps (
+""" + POINT_BLOCKS + INCIDENTS + RUN_STEPS + """CREATE TABLE IF NOT EXISTS steps (
     run_id INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
 ) WITHOUT ROWID;

@@ -40,8 +40,10 @@ from trainvitals.server.store.incident_rows import (
     incident_values,
 )
 from trainvitals.server.store.limits import LimitExceeded, Limits
+from trainvitals.server.store.run_steps import PendingSteps
 from trainvitals.server.store.sqlite.blocks import PendingBlocks, block_m4
 from trainvitals.server.store.sqlite.migrate import migrate
+from trainvitals.server.store.sqlite.run_steps import flush as flush_run_steps
 from trainvitals.server.store.sqlite.schema import SCHEMA, SCHEMA_VERSION
 
 __all__ = ["SQLiteStore"]
@@ -72,6 +74,7 @@ class SQLiteStore:
         # stream id -> highest seq up to which every seq is in `seen` (derivable; a cache)
         self._high_water: dict[int, int] = {}
         self._blocks = PendingBlocks()  # block summaries of the write in progress
+        self._steps = PendingSteps()  # what the write in progress did to `steps`
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -125,9 +128,11 @@ class SQLiteStore:
                         accepted.append(record)
                 high_water = {key: self._advance(conn, sid) for key, sid in streams.items()}
                 self._blocks.flush(conn)
+                flush_run_steps(conn, self._steps)
         except BaseException:
             self._forget_ids()  # the rollback may have taken ids cached during this write
             self._blocks.clear()
+            self._steps.clear()
             raise
         return WriteResult(accepted, dict(self._run_ids),
                            {key: seq for key, seq in high_water.items() if seq >= 0})
@@ -190,8 +195,7 @@ class SQLiteStore:
             conn.executemany("INSERT OR REPLACE INTO points(series_id, step, value) "
                              "VALUES (?,?,?)", rows)
             self._blocks.rewritten(rows)
-        conn.execute("INSERT OR REPLACE INTO steps(run_id, rank, step, time) VALUES (?,?,?,?)",
-                     (run_id, step.rank, step.step, step.time))
+        self._write_time(conn, run_id, step)
         if step.clip is not None:
             c = step.clip
             conn.execute(
@@ -205,6 +209,21 @@ class SQLiteStore:
             "UPDATE runs SET updated=max(updated, ?), last_step=max(coalesce(last_step, ?), ?) "
             "WHERE id=?",
             (step.time, step.step, step.step, run_id))
+
+    def _write_time(self, conn: sqlite3.Connection, run_id: int, step: Step) -> None:
+        """The step's row in ``steps`` (a later record of the step replaces its time), and
+        what that did, for ``run_steps``."""
+        key = (run_id, step.rank, step.step)
+        if conn.execute("INSERT OR IGNORE INTO steps(run_id, rank, step, time) VALUES (?,?,?,?)",
+                        (*key, step.time)).rowcount == 1:
+            self._steps.added(run_id, step.rank, step.time)
+            return
+        (old,) = conn.execute("SELECT time FROM steps WHERE run_id=? AND rank=? AND step=?",
+                              key).fetchone()
+        if old != step.time:
+            conn.execute("UPDATE steps SET time=? WHERE run_id=? AND rank=? AND step=?",
+                         (step.time, *key))
+            self._steps.replaced(run_id, step.rank, old, step.time)
 
     def _end_stream(self, conn: sqlite3.Connection, run_id: int, end: RunEnd) -> None:
         conn.execute("UPDATE streams SET ended=?, status=?, reason=?, dropped=? WHERE id=?",
@@ -354,22 +373,28 @@ class SQLiteStore:
 
     def _run_row(self, row: tuple[Any, ...]) -> RunRow:
         (run_id, name, status, created, updated, last_step, world, reason, config) = row[:9]
+        # Every query is an index seek (no scan of a run's steps): streams by their unique
+        # (run_id, rank, session), the summary in run_steps, open alerts by one_open_alert,
+        # incidents by their key, the latest steps by the key of steps.
         conn = self._read_conn()
-        ranks = [r for (r,) in conn.execute(
-            "SELECT DISTINCT rank FROM streams WHERE run_id=? ORDER BY rank", (run_id,))]
-        dropped = conn.execute("SELECT coalesce(sum(dropped), 0) FROM streams WHERE run_id=?",
-                               (run_id,)).fetchone()[0]
+        per_rank = conn.execute(
+            "SELECT rank, sum(dropped) FROM streams WHERE run_id=? GROUP BY rank ORDER BY rank",
+            (run_id,)).fetchall()
+        ranks = [rank for rank, _ in per_rank]
+        dropped = sum(n for _, n in per_rank)
         steps, t0, t1 = conn.execute(
-            "SELECT count(*), min(time), max(time) FROM steps WHERE run_id=?",
-            (run_id,)).fetchone()
+            "SELECT coalesce(sum(steps), 0), min(first_time), max(last_time) FROM run_steps "
+            "WHERE run_id=?", (run_id,)).fetchone()
         open_alerts = dict(conn.execute(
             "SELECT severity, count(*) FROM alerts WHERE run_id=? AND state='open' "
             "GROUP BY severity", (run_id,)).fetchall())
-        open_incidents = dict(conn.execute(
-            "SELECT severity, count(*) FROM incidents WHERE run_id=? AND state!='resolved' "
-            "GROUP BY severity", (run_id,)).fetchall())
-        (incidents,) = conn.execute("SELECT count(*) FROM incidents WHERE run_id=?",
-                                    (run_id,)).fetchone()
+        open_incidents, incidents = {}, 0
+        for severity, is_open, n in conn.execute(
+                "SELECT severity, state!='resolved', count(*) FROM incidents WHERE run_id=? "
+                "GROUP BY 1, 2", (run_id,)):
+            incidents += n
+            if is_open:
+                open_incidents[severity] = n
         recent = conn.execute(  # the lowest rank's latest steps, newest first (index order)
             "SELECT step, time FROM steps WHERE run_id=? AND rank=? ORDER BY step DESC LIMIT 100",
             (run_id, min(ranks, default=0))).fetchall()
@@ -456,6 +481,7 @@ _DELETE_RUN = (
     "DELETE FROM point_blocks WHERE series_id IN (SELECT id FROM series WHERE run_id=?)",
     "DELETE FROM series WHERE run_id=?",
     "DELETE FROM steps WHERE run_id=?",
+    "DELETE FROM run_steps WHERE run_id=?",
     "DELETE FROM clips WHERE run_id=?",
     "DELETE FROM origins WHERE run_id=?",
     "DELETE FROM alerts WHERE run_id=?",
