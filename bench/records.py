@@ -21,12 +21,15 @@ from collections.abc import Callable
 
 from common import LoadMeter, fmt, header, table
 
-from trainvitals.protocol import Step, TensorStats, decode, encode
+from trainvitals.protocol import RunStart, Step, TensorStats, decode, encode
 from trainvitals.protocol.binary import encode_batch_v2
 from trainvitals.protocol.codec import encode_batch
 from trainvitals.protocol.precheck import Precheck
+from trainvitals.protocol.rows import assemble
+from trainvitals.trainer_plugin.delivery.spool import Spool
 
-SIZES = (10, 100, 1000)  # values per step: scalars plus 9 per tensor
+SIZES = (10, 100, 1000)
+SESSION = "0123456789abcdef"  # values per step: scalars plus 9 per tensor
 
 
 def make_step(values: int, seq: int = 1) -> Step:
@@ -34,7 +37,7 @@ def make_step(values: int, seq: int = 1) -> Step:
     scalars = max(1, values - 9 * tensors)
     stats = TensorStats(count=4096, nan=0, posinf=0, neginf=0, min=-1.5, max=2.25, mean=0.125,
                         absmax=2.25, dtype="float32", headroom=86.5)
-    return Step(run="bench", session="0123456789abcdef", seq=seq, step=seq, time=1.7e9 + seq,
+    return Step(run="bench", session=SESSION, seq=seq, step=seq, time=1.7e9 + seq,
                 loss=0.5, grad_norm=1.25, lr=1e-3,
                 scalars={f"scalar/s{i}": 0.001 * i for i in range(scalars)},
                 tensors={f"t{i}": stats for i in range(tensors)})
@@ -82,7 +85,53 @@ def main() -> int:
                  "batch µs/record", "encode+decode µs", "encode+precheck µs", "saved",
                  "v2 encode µs/record", "v2 bytes/record", "server: v1 decode µs/record",
                  "server: v2 decode µs/record"], rows))
+    print()
+    print(header("The spool and the sender, per record (bench/records.py)", meter,
+                 extra=["a `Spool` in memory, 64 steps appended per call (as the collector "
+                        "does); then read back and framed as the sender does, 64 a frame. "
+                        "'text' is the spool of 0.1 (version-1 JSON, precheck), 'rows' now"]))
+    print(table(["values/step", "spool append µs (text)", "spool append µs (rows)",
+                 "read + frame µs (text, v1)", "read + frame µs (rows, v2)",
+                 "frame bytes/record (v1)", "frame bytes/record (v2)"],
+                [spool_row(values, args) for values in SIZES]))
     return 0
+
+
+def spool_row(values: int, args: argparse.Namespace) -> list[object]:
+    """Append and read-and-frame costs per record, with the spool keeping text or rows."""
+    out: list[object] = [values]
+    costs: dict[str, tuple[float, float, int]] = {}
+    for kind in ("text", "rows"):
+        appends, frames, size = [], [], 0
+        rounds = max(2, args.n // (values * 64))
+        for _ in range(args.repeat):
+            spool = Spool(None, "bench.r0.s", max_bytes=1 << 40, max_record_bytes=1 << 24)
+            spool.append(RunStart(run="bench", session=SESSION, seq=0, time=1.0),
+                         essential=True)
+            if kind == "text":
+                spool._packer = None  # what 0.1 kept: every step as version-1 text
+            batches = [[(make_step(values, 1 + 64 * r + i), False) for i in range(64)]
+                       for r in range(rounds)]
+            start = time.thread_time()
+            for batch in batches:
+                spool.append_many(batch)
+            appends.append((time.thread_time() - start) / (64 * rounds) * 1e6)
+            start = time.thread_time()
+            first = 1
+            while first < spool.next_seq:
+                entries = spool.read(first, 64, 1 << 30)
+                if kind == "text":
+                    frame: str | bytes = encode_batch([e for e in entries if isinstance(e, str)])
+                    count = len(entries)
+                else:
+                    frame, count = assemble(spool.stream or ("", "", 0), entries)
+                size = len(frame) // count
+                first += count
+            frames.append((time.thread_time() - start) / (64 * rounds) * 1e6)
+        costs[kind] = (statistics.median(appends), statistics.median(frames), size)
+    out += [fmt(costs["text"][0], 1), fmt(costs["rows"][0], 1), fmt(costs["text"][1], 1),
+            fmt(costs["rows"][1], 1), f"{costs['text'][2]:,}", f"{costs['rows'][2]:,}"]
+    return out
 
 
 def _parse() -> argparse.Namespace:

@@ -30,7 +30,9 @@ from trainvitals.protocol import (
     decode,
     encode,
 )
-from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER
+from trainvitals.protocol.binary import BINARY_VERSION
+from trainvitals.protocol.codec import PROTOCOL_VERSION
+from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER, VERSIONS_HEADER
 from trainvitals.server.ingest.deliveries import DeliveryReports
 from trainvitals.server.ingest.writer import Writer
 from trainvitals.server.security import origin_allowed, presented_token, refuse, token_ok
@@ -39,6 +41,7 @@ from trainvitals.server.settings import Settings
 __all__ = ["serve_ingest"]
 
 log = logging.getLogger("trainvitals.server")
+READS = f"{PROTOCOL_VERSION},{BINARY_VERSION}".encode()  # the frame versions decode() reads
 LOGGED_BAD_FRAMES = 10  # per connection; the rest are counted and summed up at the end
 Stream = tuple[str, int, str]
 
@@ -57,7 +60,8 @@ async def serve_ingest(ws: WebSocket, settings: Settings, writer: Writer,
         await refuse(ws, 403, "origin not allowed")
         return
     limit = str(settings.max_message_bytes).encode()
-    await ws.accept(headers=[(MAX_MESSAGE_BYTES_HEADER.encode(), limit)])
+    await ws.accept(headers=[(MAX_MESSAGE_BYTES_HEADER.encode(), limit),
+                             (VERSIONS_HEADER.encode(), READS)])
     replies = _Replies()
     pump = asyncio.create_task(replies.pump(ws))
     heard = _Heard(reports, bad_frames if bad_frames is not None else Counter())

@@ -30,6 +30,7 @@ SCRIPTS = {
     "ingest": ["ingest.py", "--quick"],
     "longrun": ["longrun.py", "--quick"],
     "runs_list": ["runs_list.py", "--quick"],
+    "throughput": ["throughput.py", "--quick"],
     "memory": ["memory.py", "--quick"],
     "gpu_none": ["gpu_overhead.py"],
     "gpu_dry": ["gpu_overhead.py", "--cpu-dry-run", "--quick", "--workloads", "convnet"],
@@ -100,10 +101,14 @@ def test_overhead_compiled_compares_compiled_with_compiled_plus_trainvitals(laun
 def test_records_times_encode_decode_and_precheck_per_size(launched) -> None:
     out = finish(launched["records"])
     table = [r for r in rows(out) if r[0] != "values/step"]
-    assert [r[0] for r in table] == ["10", "100", "1000"]
-    for row in table:
+    assert [r[0] for r in table] == ["10", "100", "1000"] * 2  # records, then the spool
+    for row in table[:3]:
         encode_us, decode_us, precheck_us = (float(c.replace(",", "")) for c in row[2:5])
         assert encode_us > 0 and decode_us > 0 and precheck_us > 0, row
+    for row in table[3:]:
+        text, packed, v1_frame, v2_frame = (float(c.replace(",", "")) for c in row[1:5])
+        assert min(text, packed, v1_frame, v2_frame) > 0, row
+        assert int(row[6].replace(",", "")) < int(row[5].replace(",", "")), row  # v2 smaller
 
 
 def test_hotpath_times_every_plugin_call(launched) -> None:
@@ -118,6 +123,13 @@ def test_hotpath_times_every_plugin_call(launched) -> None:
     for peer in ("TensorBoard SummaryWriter", "wandb (offline)"):
         assert table[(peer, "18 × .item() + log call")][2] == str(counted)
     assert out.count("Monitor.times says") == 2
+
+
+def test_throughput_logs_paced_steps_and_stores_every_one(launched) -> None:
+    out = finish(launched["throughput"])
+    (row,) = [r for r in rows(out) if r[0] == "v2"]
+    logged, stored, dropped = int(row[9]), int(row[8]), int(row[5])
+    assert logged > 0 and stored == logged and dropped == 0, row
 
 
 def test_ingest_sweeps_ranks_and_checks_what_was_stored(launched) -> None:

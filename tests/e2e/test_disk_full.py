@@ -36,6 +36,7 @@ from tests.support.serve import ServeProcess
 from tests.support.tmpfs import CannotMount, SmallDisk
 from tests.support.waiting import poll_until
 from trainvitals import Monitor
+from trainvitals.trainer_plugin.delivery.spool import spool_files
 
 TOKEN = "ingest-token-disk-full"
 MiB = 1 << 20
@@ -223,7 +224,7 @@ def test_a_disk_that_fills_mid_run_is_said_everywhere_and_nothing_is_lost_or_dou
     assert "— run sync again" in waiting.stderr
     assert waiting.stdout.startswith("trainvitals sync: 0 record(s) of 1 stream(s) uploaded")
     assert f"; {held} left in {spool}" in waiting.stdout
-    assert len(list(spool.glob("*.jsonl"))) >= 1
+    assert len(spool_files(spool)) == 1
 
     # -- space returns: ready again, storage_full resolved (REST and the webhook)
     disk.unfill()
@@ -242,7 +243,7 @@ def test_a_disk_that_fills_mid_run_is_said_everywhere_and_nothing_is_lost_or_dou
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"trainvitals sync: {held} record(s) of 1 stream(s) uploaded")
     assert "server: unavailable" not in done.stderr
-    assert list(spool.glob("*.jsonl")) == []
+    assert spool_files(spool) == {}
     poll_until(lambda: not is_open(srv, "spool_backlog", run=RUN), "spool_backlog resolved")
 
     # -- every step exactly once: no gap, no duplicate

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from trainvitals import Monitor
+from trainvitals.trainer_plugin.delivery.spool import spool_files
 
 TOKEN = "kill9-ingest-token"
 CALLS_PER_STEP = 3  # tensor, clip_guard, log_step
@@ -95,4 +96,4 @@ def test_kill_9_mid_run_then_restart_every_step_exactly_once(
     assert [s["steps"] for s in series] == [list(range(80))] * 2
     assert series[0]["values"] == [float(i) for i in range(80)]
     assert series[1]["values"] == [float(i) for i in range(80)]
-    assert list(spool.glob("*.jsonl")) == []  # everything delivered: nothing left behind
+    assert spool_files(spool) == {}  # everything delivered: nothing left behind

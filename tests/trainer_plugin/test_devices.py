@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from trainvitals import Monitor
+from trainvitals.protocol import encode
+from trainvitals.trainer_plugin.delivery.spool import read_records, spool_files
 from trainvitals.trainer_plugin.values import devices
 from trainvitals.trainer_plugin.values.devices import reads_now
 
@@ -73,8 +75,8 @@ def train(spool: Path) -> list[dict[str, Any]]:
             opt.zero_grad()
             mon.denominator("dist", out["raw"].abs().mean(dim=1), valid_count=(x > 0).sum(1))
             mon.log_step(step, grad_norm=norm, lr=0.05, scalars={"k": step})
-    records = [json.loads(line) for path in sorted(spool.glob("*.jsonl"))
-               for line in path.read_text().splitlines()]
+    records = [json.loads(encode(r)) for files in spool_files(spool).values()
+               for r in read_records(files)]
     for record in records:
         for key in ("time", "session", "pid", "versions"):
             record.pop(key, None)

@@ -22,6 +22,7 @@ from trainvitals import Monitor
 from trainvitals.protocol import Record, RunEnd, RunStart, Step
 from trainvitals.server import ServerThread
 from trainvitals.trainer_plugin.delivery.sender import Sender
+from trainvitals.trainer_plugin.delivery.spool import read_records, spool_files
 
 Rest = Callable[..., Any]
 MakeMonitor = Callable[..., Monitor]
@@ -182,7 +183,7 @@ def test_a_server_limit_stops_delivery_and_keeps_the_records_for_sync(
     assert [r["name"] for r in rest(srv, "/runs")["runs"]] == ["first"]
     assert "delivery stops, records stay in the spool" in caplog.text
     assert "send them with: trainvitals sync" in caplog.text
-    assert any(second.session in p.name for p in (tmp_path / "spool").glob("*.jsonl"))
+    assert any(second.session in stem for stem in spool_files(tmp_path / "spool"))
 
 
 def test_a_record_over_a_smaller_server_limit_is_sent_without_its_maps(
@@ -266,9 +267,9 @@ def test_the_collector_spools_a_burst_together_and_drops_only_what_fails(
     assert sender.flush(15)
     stats = sender.close(5)
     assert (stats.submitted, stats.dropped, stats.pending) == (5, 2, 3)
-    (path,) = (tmp_path / "spool").glob("burst.r0.*.jsonl")
-    assert [line.split('"step":')[1].split(",")[0] for line in path.read_text().splitlines()] \
-        == ["0", "1", "2"]  # numbered 0, 1, 2 without a gap
+    (files,) = spool_files(tmp_path / "spool").values()
+    kept = read_records(files)
+    assert [(r.seq, r.step) for r in kept] == [(0, 0), (1, 1), (2, 2)]  # no gap in the seqs
     assert "could not read a step's values" in caplog.text
     assert "record the server would refuse" in caplog.text
 
@@ -282,10 +283,9 @@ def test_offline_mode_writes_the_spool_and_says_how_to_send_it(
     stats = mon.close()
     assert (stats.sent, stats.pending, stats.dropped, stats.connected) == (0, 6, 0, False)
 
-    (path,) = (tmp_path / "spool").glob("offline.r0.*.jsonl")
-    lines = path.read_text().splitlines()
-    kinds = [line.split('"type":"')[1].split('"')[0] for line in lines]
-    assert kinds == ["run_start", "step", "step", "step", "step", "run_end"]
+    (files,) = spool_files(tmp_path / "spool").values()
+    kinds = [type(r).__name__ for r in read_records(files)]
+    assert kinds == ["RunStart", "Step", "Step", "Step", "Step", "RunEnd"]
     (message,) = [r.getMessage() for r in caplog.records if "recorded offline" in r.getMessage()]
     assert f"6 record(s) of run 'offline' recorded offline are kept in {tmp_path / 'spool'}" \
         in message

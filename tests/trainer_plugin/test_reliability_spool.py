@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 
-from trainvitals.protocol import Record, RunEnd, RunStart, Step, decode
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, decode, encode
+from trainvitals.protocol.rows import Row
+from trainvitals.trainer_plugin.delivery.segments import entry_size
 from trainvitals.trainer_plugin.delivery.spool import (
+    Entry,
     Spool,
     SpoolRefused,
     in_use,
+    read_records,
     spool_files,
     stream_stem,
 )
@@ -35,10 +39,13 @@ def make(directory: Path | None, **kw: int) -> Spool:
     return Spool(directory, STEM, **kw)
 
 
-def seqs(lines: list[str]) -> list[int]:
+def seqs(entries: list[Entry]) -> list[int]:
     out = []
-    for line in lines:
-        record = decode(line)
+    for entry in entries:
+        if isinstance(entry, Row):
+            out.append(entry.seq)
+            continue
+        record = decode(entry)
         assert isinstance(record, (RunStart, Step, RunEnd))
         out.append(record.seq)
     return out
@@ -50,11 +57,13 @@ def test_the_spool_numbers_records_as_it_keeps_them(tmp_path: Path) -> None:
     assert [r.seq for r in kept] == [0, 1, 2, 3]  # whatever seq the caller had put there
     assert (spool.next_seq, spool.acked, spool.pending) == (4, -1, 4)
     (path,) = spool.files()
-    assert path.name == "run-with-odd-name.r0.abcdef0123456789.000000000000.jsonl"
-    lines = path.read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2, 3]
-    assert decode(lines[2]) == kept[2]  # each line is a frame the server reads as it is
+    assert path.name == "run-with-odd-name.r0.abcdef0123456789.000000000000.tvs"
+    entries = spool.read(0, 100, 1 << 20)
+    assert isinstance(entries[0], str) and decode(entries[0]) == kept[0]  # run start: v1 text
+    assert all(isinstance(e, Row) for e in entries[1:])  # steps: rows, the bytes a frame sends
+    assert [spool.record(e) for e in entries] == kept
     spool.close()
+    assert read_records([path]) == kept  # the file alone says it all (its stream, layouts)
 
 
 def test_refused_records_take_no_number_so_the_stream_has_no_gaps(tmp_path: Path) -> None:
@@ -90,7 +99,7 @@ def test_read_across_segments_acks_delete_them_and_close_cleans_up(tmp_path: Pat
     assert seqs(spool.read(5, 100, 1 << 20)) == list(range(5, 20))  # on from where it stopped
     assert seqs(spool.read(17, 100, 1 << 20)) == [17, 18, 19]  # anywhere, any time
     assert seqs(spool.read(3, 100, 1)) == [3]  # over the byte budget: still one
-    size = len(spool.read(0, 1, 1 << 20)[0].encode()) + 1
+    size = entry_size(spool.read(0, 1, 1 << 20)[0])
     assert seqs(spool.read(0, 100, 3 * size)) == [0, 1, 2]
     assert spool.read(20, 100, 1 << 20) == []
 
@@ -98,7 +107,7 @@ def test_read_across_segments_acks_delete_them_and_close_cleans_up(tmp_path: Pat
     assert (spool.acked, spool.pending) == (11, 8)
     assert seqs(spool.read(0, 100, 1 << 20))[0] <= 12  # the segment holding 12 remains
     if directory is not None:
-        names = sorted(p.name for p in directory.glob("*.jsonl"))
+        names = sorted(p.name for p in directory.glob("*.tvs"))
         firsts = [int(n.split(".")[-2]) for n in names]
         assert firsts[0] <= 12 and all(f > 0 for f in firsts)
     spool.ack(5)  # an old ack changes nothing
@@ -108,8 +117,9 @@ def test_read_across_segments_acks_delete_them_and_close_cleans_up(tmp_path: Pat
     if directory is None:
         assert kept == []
     else:
-        lines = [line for path in kept for line in path.read_text().splitlines()]
-        assert set(range(12, 20)) <= set(seqs(lines)) <= set(range(20))
+        left = [r.seq for r in read_records(kept)]
+        assert set(range(12, 20)) <= set(left) <= set(range(20))
+        assert left == sorted(left)
 
 
 def test_everything_acknowledged_leaves_no_file_behind(tmp_path: Path) -> None:
@@ -135,25 +145,48 @@ def test_reopen_continues_after_the_acknowledged_part(tmp_path: Path) -> None:
     again = Spool.reopen(group)
     assert again.acked + 1 == int(group[0].name.split(".")[-2]) <= 7
     assert (again.next_seq, again.pending) == (13, 12 - again.acked)
-    lines = again.read(again.acked + 1, 1000, 1 << 20)
-    assert [decode(line) for line in lines] == records[again.acked + 1:]
+    entries = again.read(again.acked + 1, 1000, 1 << 20)
+    assert [again.record(e) for e in entries] == records[again.acked + 1:]
     again.ack(12)
     assert again.close() == []
-    assert list(tmp_path.glob("*.jsonl")) == []
+    assert spool_files(tmp_path) == {}
 
 
-def test_a_line_cut_by_a_killed_process_is_left_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["cut", "garbled"])
+def test_an_entry_cut_or_garbled_by_a_killed_process_is_where_the_file_ends(
+        tmp_path: Path, damage: str) -> None:
     spool = make(tmp_path)
-    for i in range(3):
+    for i in range(4):
         spool.append(step(i))
     (path,) = spool.files()
     spool.close()
-    with path.open("a") as f:
-        f.write('{"v":1,"type":"step","run":"run/with odd name","ses')  # no newline
+    data = path.read_bytes()
+    if damage == "cut":
+        path.write_bytes(data[:-5])  # the writer died in the middle of the last entry
+    else:
+        path.write_bytes(data[:-5] + bytes(b ^ 0xFF for b in data[-5:]))  # bits flipped
     again = Spool.reopen([path])
     assert (again.next_seq, again.pending) == (3, 3)
     assert seqs(again.read(0, 100, 1 << 20)) == [0, 1, 2]
+    assert [r.step for r in read_records([path])] == [0, 1, 2]
     again.close()
+
+
+def test_a_spool_written_by_version_0_1_as_json_lines_is_still_read(tmp_path: Path) -> None:
+    """Before rows, segments were JSON lines (``<stem>.<first>.jsonl``); sync reads them."""
+    records: list[Record] = [dataclasses.replace(start(), seq=0)]
+    records += [dataclasses.replace(step(i), seq=i + 1) for i in range(5)]
+    old = tmp_path / f"{STEM}.000000000000.jsonl"
+    old.write_text("".join(encode(r) + "\n" for r in records))  # what 0.1 wrote
+    (group,) = spool_files(tmp_path).values()
+    assert group == [old]
+    again = Spool.reopen(group)
+    assert again.stream == ("run/with odd name", "abcdef0123456789", 0)
+    assert (again.acked, again.next_seq) == (-1, 6)
+    assert seqs(again.read(2, 100, 1 << 20)) == [2, 3, 4, 5]
+    assert [again.record(e) for e in again.read(0, 100, 1 << 20)] == records
+    again.ack(5)
+    assert again.close() == [] and not old.exists()
 
 
 def test_a_live_spool_is_locked_and_sync_can_tell(tmp_path: Path) -> None:
@@ -191,7 +224,7 @@ def test_quick_acks_keep_writing_one_file_instead_of_one_per_record(tmp_path: Pa
         seen.update(spool.files())
     (path,) = seen
     assert spool.pending == 0
-    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == list(range(20))
+    assert [r.seq for r in read_records([path])] == list(range(20))
     assert spool.close() == [] and list(tmp_path.iterdir()) == []
 
 
@@ -218,11 +251,11 @@ def test_append_many_keeps_a_batch_in_one_write_and_says_what_became_of_each(
         (Step(run="r", session="s", seq=0, step=0, time=math.inf), False),  # server refuses
         (step(1), False),
     ])
-    assert [type(o).__name__ for o in outcomes] == ["RunStart", "SpoolRefused", "SpoolRefused",
-                                                    "Step"]
+    assert [type(o).__name__ for o in outcomes] == ["int", "SpoolRefused", "SpoolRefused",
+                                                    "int"]
     assert "larger than a frame may be" in str(outcomes[1])
-    assert [o.seq for o in outcomes if isinstance(o, (RunStart, Step))] == [0, 1]  # no gap
+    assert [o for o in outcomes if isinstance(o, int)] == [0, 1]  # no gap
     (path,) = spool.files()  # on disk when the call returns
-    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [0, 1]
+    assert [r.seq for r in read_records([path])] == [0, 1]
     spool.close()
     assert isinstance(spool.append_many([(step(2), False)])[0], SpoolRefused)  # closed

@@ -3,6 +3,7 @@ and a process that exits without ``close()``: bounded flush, and a message sayin
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,9 @@ import pytest
 import torch
 
 from trainvitals import Monitor
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, encode
 from trainvitals.server import ServerThread
+from trainvitals.trainer_plugin.delivery.spool import spool_files, stream_stem
 
 Rest = Callable[..., Any]
 MakeMonitor = Callable[..., Monitor]
@@ -56,13 +59,13 @@ def test_server_absent_for_the_whole_run_then_sync_uploads_it_completely(
     for mon in ranks:
         stats = mon.close()
         assert (stats.sent, stats.pending, stats.dropped) == (0, 102, 0)
-    assert len(list(spool.glob("absent.r*.jsonl"))) == 2
+    assert len([s for s in spool_files(spool) if s.startswith("absent.r")]) == 2
 
     srv = start_server()
     refused = sync(spool, srv, "not-the-token", "--timeout", "2")
     assert refused.returncode == 1
     assert "HTTP 401" in refused.stderr and "run sync again" in refused.stderr
-    assert len(list(spool.glob("*.jsonl"))) == 2 and rest(srv, "/runs")["runs"] == []
+    assert len(spool_files(spool)) == 2 and rest(srv, "/runs")["runs"] == []
 
     done = sync(spool, srv, token)
     assert done.returncode == 0, done.stderr
@@ -175,3 +178,35 @@ def test_new_tokens_never_start_with_a_dash() -> None:
     tokens = [new_token() for _ in range(5000)]  # token_urlsafe alone: ~78 of them would
     assert not [t for t in tokens if t.startswith("-")]
     assert len(set(tokens)) == 5000 and all(len(t) >= 32 for t in tokens)
+
+
+@pytest.mark.slow
+def test_sync_uploads_a_spool_of_the_previous_version_beside_a_new_one(
+        monitors: MakeMonitor, start_server: Callable[..., ServerThread], rest: Rest,
+        token: str, tmp_path: Path) -> None:
+    """Version 0.1 spooled JSON lines (``<stem>.<first>.jsonl``); a spool left by it is
+    uploaded by this version's sync, together with one this version wrote (rows)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    session = "0123456789abcdef"
+    old: list[Record] = [RunStart(run="from-0.1", session=session, seq=0, time=1.0)]
+    old += [Step(run="from-0.1", session=session, seq=i + 1, step=i, time=2.0 + i,
+                 loss=[0.5, math.nan, math.inf, -math.inf][i % 4]) for i in range(8)]
+    old.append(RunEnd(run="from-0.1", session=session, seq=9, time=20.0))
+    legacy = spool / f"{stream_stem('from-0.1', 0, session)}.000000000000.jsonl"
+    legacy.write_text("".join(encode(r) + "\n" for r in old))  # what 0.1 wrote, line by line
+    mon = monitors("from-now", None)
+    train(mon, range(6))
+    mon.close()
+    assert {p.suffix for files in spool_files(spool).values() for p in files} == \
+        {".jsonl", ".tvs"}
+
+    srv = start_server()
+    done = sync(spool, srv, token)
+    assert done.returncode == 0, done.stderr
+    found = rows(rest, srv)
+    assert (found["from-0.1"]["status"], found["from-0.1"]["steps"]) == ("finished", 8)
+    body = rest(srv, f"/runs/{found['from-0.1']['id']}/series", name="loss")
+    assert body["series"][0]["values"] == [0.5, "NaN", "Infinity", "-Infinity"] * 2
+    assert losses(rest, srv, found["from-now"]["id"]) == {0: list(range(6))}
+    assert spool_files(spool) == {}  # everything acknowledged: nothing left

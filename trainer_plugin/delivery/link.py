@@ -48,15 +48,19 @@ from trainvitals.protocol import (
     encode,
     encode_batch,
 )
+from trainvitals.protocol.binary import BINARY_VERSION
 from trainvitals.protocol.errors import UNAVAILABLE
+from trainvitals.protocol.rows import assemble
 from trainvitals.protocol.transport import (
     BATCH_OVERHEAD_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES_HEADER,
+    VERSIONS_HEADER,
+    reads_versions,
 )
 from trainvitals.trainer_plugin.delivery.backoff import backoff_delays
 from trainvitals.trainer_plugin.delivery.outbox import Outbox
-from trainvitals.trainer_plugin.delivery.spool import Spool
+from trainvitals.trainer_plugin.delivery.spool import Entry, Spool
 
 __all__ = ["DeliveryStats", "Link", "OnProblem", "ingest_url", "ingest_urls", "server_said"]
 
@@ -147,6 +151,7 @@ class Link:
         self._idle, self._connect_fn = idle_poll, connect
         self._linger, self._last_send = linger, -float("inf")
         self._limit = max_frame_bytes
+        self.binary = False  # the server reads version-2 frames (it says so when connecting)
         self._ws: ClientConnection | None = None
         self.outbox = Outbox(acked=spool.acked, next_seq=spool.next_seq, window=window,
                              batch=batch_size)
@@ -240,8 +245,10 @@ class Link:
         except (OSError, WebSocketException, TimeoutError) as exc:
             self._note(f"cannot connect to {self.url}: {exc}")
             return False
-        stated = ws.response.headers.get(MAX_MESSAGE_BYTES_HEADER, "") if ws.response else ""
+        said = ws.response.headers if ws.response else {}
+        stated = said.get(MAX_MESSAGE_BYTES_HEADER, "")
         self._limit = min(self._max_frame, int(stated)) if stated.isdigit() else self._max_frame
+        self.binary = BINARY_VERSION in reads_versions(said.get(VERSIONS_HEADER, ""))
         self._ws = ws
         self.outbox.connection_opened()  # everything unacknowledged goes out again
         self._delays = self._backoff()
@@ -281,26 +288,48 @@ class Link:
             return False
         first, most = wanted
         budget = self._limit - BATCH_OVERHEAD_BYTES
-        lines = self._spool.read(first, most, budget)
-        if not lines:
+        entries = self._spool.read(first, most, budget)
+        if not entries:
             return False
-        if len(lines) == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
-            lines = [self._fit(lines[0], budget)]
-        frame = encode_batch(lines, self._stats.dropped, self._spool.backlog())
+        frame, count = self._frame(entries, budget)
         try:
             self._ws.send(frame)
         except (WebSocketException, OSError) as exc:
             self._lost(f"send failed: {exc}")
             return False
         self._probe_sent = self._probing
-        sent = self.outbox.frame_sent(first, len(lines))
+        sent = self.outbox.frame_sent(first, count)
         with self._changed:
             self._stats.sent += sent.fresh
             self._stats.resent += sent.resent
         self._last_send = time.monotonic()
         return True
 
-    def _fit(self, line: str, budget: int) -> str:
+    def _frame(self, entries: list[Entry], budget: int) -> tuple[str | bytes, int]:
+        """The frame for the first of ``entries`` (all that fit within the server's limit):
+        version 2 when the server reads it, else version 1."""
+        dropped, backlog = self._stats.dropped, self._spool.backlog()
+        if self.binary and self._spool.stream is not None:
+            frame, count = assemble(self._spool.stream, entries, dropped=dropped,
+                                    backlog=backlog, max_bytes=self._limit)
+            if len(frame) <= self._limit:
+                return frame, count
+        lines = [self._text(e) for e in entries]  # an older server, or a record alone too big
+        size, count = 0, 0
+        for line in lines:
+            size += len(line.encode("utf-8", "surrogatepass")) + 1
+            if count and size > budget:
+                break
+            count += 1
+        if count == 1 and len(lines[0].encode("utf-8", "surrogatepass")) > budget:
+            lines[0] = self._fit(lines[0])
+        return encode_batch(lines[:count], dropped, backlog), count
+
+    def _text(self, entry: Entry) -> str:
+        """An entry as version-1 text (a row is rebuilt as the step it packs)."""
+        return entry if isinstance(entry, str) else encode(self._spool.record(entry))
+
+    def _fit(self, line: str) -> str:
         """A record alone over the server's limit (lower than ours when it was spooled): send
         it without its maps, so the stream stays complete; say so."""
         record = decode(line)

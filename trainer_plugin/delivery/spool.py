@@ -2,9 +2,12 @@
 
 Every record goes through the spool, whether the server is up, slow, down or absent: the spool
 gives it its ``seq`` (so a record that is refused never takes a number, and a stream has no
-gaps), validates it as the server's decoder would (``protocol.precheck``: the decoder itself only
-for what it has not seen before), and appends it as one JSON line to a segment file
-``<run>.r<rank>.<session>.<first seq>.jsonl``. The sender reads from the spool and resends from
+gaps), validates it as the server's decoder would, and appends it to a segment file
+``<run>.r<rank>.<session>.<first seq>.tvs`` (``segments``). A step is kept as a row of float64
+(``protocol.rows``: the bytes a version-2 frame carries, validated by decoding the first row of
+each layout and every row with a clip event or origin, and field by field otherwise); what
+cannot be a row (run start and end records, odd steps) is kept as version-1 JSON text,
+validated by ``protocol.precheck``. The sender reads from the spool and resends from
 the last acknowledged record after a reconnect; segments are deleted once acknowledged — the
 one being written when it is full or the spool closes, so that quick acks do not make a file
 per record (after a crash it may hold records the server has: sync resends them, the server
@@ -36,22 +39,42 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from trainvitals.protocol import Record, encode
+from trainvitals.protocol import Record, Step, decode, encode
 from trainvitals.protocol.messages import Backlog
 from trainvitals.protocol.precheck import Precheck
+from trainvitals.protocol.rows import Layout, Packer, Row, assemble, problem, row_step
 from trainvitals.protocol.transport import BATCH_OVERHEAD_BYTES
+from trainvitals.trainer_plugin.delivery.segments import (
+    BINARY_SUFFIX,
+    ENTRY_HEAD,
+    LAYOUT,
+    LEGACY_SUFFIX,
+    MAGIC,
+    ROW,
+    STREAM,
+    TEXT,
+    Entry,
+    ScannedFile,
+    entry_bytes,
+    entry_size,
+    parse_row,
+    read_entries,
+    row_payload,
+    stream_payload,
+)
 
-__all__ = ["Spool", "SpoolRefused", "in_use", "spool_files", "stream_stem"]
+__all__ = ["Entry", "Spool", "SpoolRefused", "in_use", "read_records", "spool_files",
+           "stream_stem"]
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock, sync must not run beside a live process
     fcntl = None  # type: ignore[assignment]
 
-SUFFIX = ".jsonl"
 MARK_EVERY = 1.0  # seconds between two marks of when records were appended
 MAX_MARKS = 4096  # beyond it every other mark is forgotten (the oldest is always kept)
-_NAME = re.compile(r"^(?P<stem>.+)\.(?P<first>\d{12})\.jsonl$")
+_NAME = re.compile(r"^(?P<stem>.+)\.(?P<first>\d{12})(?P<suffix>\.tvs|\.jsonl)$")
+Stream = tuple[str, str, int]  # (run, session, rank), as rows and binary frames name it
 
 
 class SpoolRefused(Exception):
@@ -66,7 +89,9 @@ class _Segment:
     count: int = 0
     size: int = 0
     path: Path | None = None
-    lines: list[str] | None = None
+    entries: list[Entry] | None = None  # in memory mode
+    legacy: bool = False  # a .jsonl file of an earlier version (read only)
+    layouts: set[int] = dataclasses.field(default_factory=set)  # written into the file
 
     @property
     def last(self) -> int:
@@ -83,12 +108,17 @@ class Spool:
         self._segment_bytes = max(1, min(segment_bytes, max_bytes // 4))
         self._segments: list[_Segment] = []
         self._writing: _Segment | None = None
-        self._handle: TextIO | None = None  # the open file of ``_writing`` (file mode)
+        self._handle: BinaryIO | None = None  # the open file of ``_writing`` (file mode)
         self._reader: BinaryIO | None = None  # the file read last (file mode)
         # (seq, file, byte offset) where the last read stopped
         self._cursor: tuple[int, Path | None, int] = (-1, None, 0)
         self._lock = threading.Lock()
         self._precheck = Precheck()  # the decoder's verdict, without decoding every step
+        self.stream: Stream | None = None  # known from the first record
+        self._packer: Packer | None = None
+        self._layouts: dict[int, Layout] = {}  # every layout of the rows kept, by id
+        self._row_frames: dict[int, int | None] = {}  # layout id -> one-row frame bytes,
+        # None: its rows are refused by the decoder (its steps go as version-1 text)
         self.next_seq = 0
         self.acked = -1
         self.closed = False
@@ -110,8 +140,11 @@ class Spool:
         parts = [(m.group("stem"), int(m.group("first")), f) for m, f in names if m is not None]
         spool = cls(files[0].parent, parts[0][0], max_bytes=1 << 62, max_record_bytes=1 << 62)
         for _, first, path in parts:
-            data = path.read_bytes()
-            spool._segments.append(_Segment(first, data.count(b"\n"), len(data), path))
+            found = ScannedFile(path)
+            spool._segments.append(_Segment(first, found.count, found.size, path,
+                                            legacy=path.suffix == LEGACY_SUFFIX))
+            spool._layouts.update(found.layouts)
+            spool.stream = spool.stream or found.stream or _stream_of_text(found.first_text)
         spool.acked = spool._segments[0].first - 1
         spool.next_seq = spool._segments[-1].last + 1
         spool.limited = False
@@ -131,11 +164,11 @@ class Spool:
         (kept,) = self.append_many([(record, essential)])
         if isinstance(kept, SpoolRefused):
             raise kept
-        return kept
+        return dataclasses.replace(record, seq=kept)
 
-    def append_many(self, items: Sequence[tuple[Record, bool]]) -> list[Record | SpoolRefused]:
+    def append_many(self, items: Sequence[tuple[Record, bool]]) -> list[int | SpoolRefused]:
         """``append`` for several ``(record, essential)`` pairs at once, with one write to the
-        file: for each, the numbered record or why it was refused, in order."""
+        file: for each, the seq it was given or why it was refused, in order."""
         with self._lock:
             first = self.next_seq
             kept = [self._append(record, essential) for record, essential in items]
@@ -145,23 +178,59 @@ class Spool:
                 self._handle.flush()  # survives a killed process (not a power loss: no fsync)
             return kept
 
-    def _append(self, record: Record, essential: bool) -> Record | SpoolRefused:
+    def _append(self, record: Record, essential: bool) -> int | SpoolRefused:
         if self.closed:
             return SpoolRefused("the monitor was closed")
-        numbered = dataclasses.replace(record, seq=self.next_seq)
-        line = encode(numbered)
-        size = len(line.encode("utf-8", "surrogatepass")) + 1
-        if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
-            return SpoolRefused(f"record of {size} bytes is larger than a frame may be "
-                                f"({self.max_record_bytes} bytes)")
-        problem = self._precheck.problem(numbered, line)
-        if problem:  # the server would refuse it: keep the stream clean
-            return SpoolRefused(f"record the server would refuse: {problem}")
-        if not essential and self.size + size > self.max_bytes:
-            return SpoolRefused(f"spool full ({self.max_bytes} bytes)")
-        self._write(line, size)
+        if self.stream is None:
+            self.stream = (record.run, record.session, record.rank)
+            self._packer = Packer(self.stream)
+        seq = self.next_seq
+        row = self._row(record, seq)
+        if row is not None:
+            size = entry_size(row)
+            if not essential and self.size + size > self.max_bytes:
+                return SpoolRefused(f"spool full ({self.max_bytes} bytes)")
+            self._write(row, size)
+        else:
+            numbered = dataclasses.replace(record, seq=seq)
+            line = encode(numbered)
+            size = entry_size(line)
+            if size + BATCH_OVERHEAD_BYTES > self.max_record_bytes:
+                return SpoolRefused(f"record of {size} bytes is larger than a frame may be "
+                                    f"({self.max_record_bytes} bytes)")
+            why = self._precheck.problem(numbered, line)
+            if why:  # the server would refuse it: keep the stream clean
+                return SpoolRefused(f"record the server would refuse: {why}")
+            if not essential and self.size + size > self.max_bytes:
+                return SpoolRefused(f"spool full ({self.max_bytes} bytes)")
+            self._write(line, size)
         self.next_seq += 1
-        return numbered
+        return seq
+
+    def _row(self, record: Record, seq: int) -> Row | None:
+        """``record`` as a row the server accepts and a frame can carry, or None (it is then
+        kept as version-1 text, and the version-1 rules say whether, and why not)."""
+        if type(record) is not Step or self._packer is None:
+            return None
+        row = self._packer.pack(record, seq)
+        if row is None:
+            return None
+        layout = row.layout.id
+        if layout not in self._row_frames:  # the first row of its layout: the decoder decides
+            plain = dataclasses.replace(row, extras="")
+            assert self.stream is not None
+            self._row_frames[layout] = (None if problem(self.stream, plain) else
+                                        len(assemble(self.stream, [plain])[0]))
+            self._layouts[layout] = row.layout
+        frame = self._row_frames[layout]
+        if frame is None:
+            return None
+        if row.extras:  # a clip event or an origin: rare, and checked whole
+            assert self.stream is not None
+            if problem(self.stream, row):
+                return None
+            frame += len(row.extras.encode("utf-8", "surrogatepass")) + 16
+        return row if frame + BATCH_OVERHEAD_BYTES <= self.max_record_bytes else None
 
     def _mark(self, first: int) -> None:
         """Records from ``first`` on were kept now (under the lock)."""
@@ -184,68 +253,114 @@ class Spool:
         while len(self._marks) > 1 and self._marks[1][0] <= oldest:
             self._marks.popleft()
 
-    def _write(self, line: str, size: int) -> None:
+    def _write(self, entry: Entry, size: int) -> None:
         seg = self._writing
         if seg is None or seg.size >= self._segment_bytes:
             if seg is not None and seg.last <= self.acked:  # kept only to be written on
                 self._segments.remove(seg)
                 self._drop(seg)
             self._close_handle()
-            seg = _Segment(self.next_seq)
-            if self.directory is None:
-                seg.lines = []
-            else:
-                seg.path = self.directory / f"{self.stem}.{seg.first:012d}{SUFFIX}"
-                self._handle = seg.path.open("a", encoding="utf-8", newline="\n")
-            self._segments.append(seg)
-            self._writing = seg
-        if seg.lines is not None:
-            seg.lines.append(line)
+            seg = self._open_segment()
+        if seg.entries is not None:
+            seg.entries.append(entry)
         elif self._handle is not None:
-            self._handle.write(line + "\n")  # flushed by append_many, once per batch
+            out = []
+            if isinstance(entry, str):
+                out.append(entry_bytes(TEXT, entry.encode("utf-8", "surrogatepass")))
+            else:
+                if entry.layout.id not in seg.layouts:  # every file names what its rows use
+                    seg.layouts.add(entry.layout.id)
+                    layout = entry_bytes(LAYOUT, entry.layout.to_json().encode("utf-8"))
+                    out.append(layout)
+                    seg.size += len(layout)
+                out.append(entry_bytes(ROW, row_payload(entry)))
+            self._handle.write(b"".join(out))  # flushed by append_many, once per batch
         seg.count += 1
         seg.size += size
 
+    def _open_segment(self) -> _Segment:
+        seg = _Segment(self.next_seq)
+        if self.directory is None:
+            seg.entries = []
+        else:
+            assert self.stream is not None
+            seg.path = self.directory / f"{self.stem}.{seg.first:012d}{BINARY_SUFFIX}"
+            self._handle = seg.path.open("ab")
+            head = MAGIC + entry_bytes(STREAM, stream_payload(self.stream))
+            self._handle.write(head)
+            seg.size += len(head)
+        self._segments.append(seg)
+        self._writing = seg
+        return seg
+
     # ------------------------------------------------------------ sender side
 
-    def read(self, first: int, max_records: int, max_bytes: int) -> list[str]:
+    def read(self, first: int, max_records: int, max_bytes: int) -> list[Entry]:
         """Records from ``first`` on (or the oldest kept), at most ``max_records`` and, except
-        for the first one, ``max_bytes`` in all."""
-        out: list[str] = []
+        for the first one, ``max_bytes`` in all (as they are kept: about what they take in a
+        frame)."""
+        out: list[Entry] = []
         total = 0
         with self._lock:
             for seg in self._segments:
                 if seg.last < first:
                     continue
-                for line in self._lines(seg, max(first, seg.first)):
-                    total += len(line.encode("utf-8", "surrogatepass")) + 1
+                for entry in self._entries(seg, max(first, seg.first)):
+                    total += entry_size(entry)
                     if out and (total > max_bytes or len(out) >= max_records):
                         return out
-                    out.append(line)
+                    out.append(entry)
         return out
 
-    def _lines(self, seg: _Segment, start: int) -> Iterator[str]:
-        """The lines of ``seg`` from seq ``start`` on. Reading on where the previous read
-        stopped seeks there instead of skipping lines (the usual case)."""
-        if seg.lines is not None:
-            yield from seg.lines[start - seg.first:]
+    def _entries(self, seg: _Segment, start: int) -> Iterator[Entry]:
+        """The records of ``seg`` from seq ``start`` on. Reading on where the previous read
+        stopped seeks there instead of skipping records (the usual case)."""
+        if seg.entries is not None:
+            yield from seg.entries[start - seg.first:]
             return
         assert seg.path is not None
+        if seg.legacy:
+            yield from self._lines(seg, start)
+            return
         f = self._reader_of(seg.path)
-        if self._cursor[:2] == (start, seg.path):
-            f.seek(self._cursor[2])
-        else:
-            f.seek(0)
-            for _ in range(start - seg.first):
-                f.readline()
-        seq = start
+        resume = self._cursor[:2] == (start, seg.path)
+        seq = start if resume else seg.first
+        end = self._cursor[2] if resume else 0
+        for at, kind, payload in read_entries(f, end):
+            end = at + ENTRY_HEAD + len(payload)
+            if kind == LAYOUT:
+                layout = Layout.from_json(payload)
+                self._layouts.setdefault(layout.id, layout)
+            if kind not in (ROW, TEXT):
+                continue
+            if seq >= start:
+                self._cursor = (seq, seg.path, at)
+                yield (parse_row(payload, self._layouts) if kind == ROW
+                       else payload.decode("utf-8", "surrogatepass"))
+            seq += 1
+        self._cursor = (seq, seg.path, end)  # after the last whole entry
+
+    def _lines(self, seg: _Segment, start: int) -> Iterator[str]:
+        """The lines of a legacy (.jsonl) segment from seq ``start`` on."""
+        assert seg.path is not None
+        f = self._reader_of(seg.path)
+        f.seek(0)
+        for _ in range(start - seg.first):
+            f.readline()
         while True:
-            self._cursor = (seq, seg.path, f.tell())
             raw = f.readline()
             if not raw.endswith(b"\n"):  # end of file (or a line cut by a killed writer)
                 return
             yield raw[:-1].decode("utf-8", "surrogatepass")
-            seq += 1
+
+    def record(self, entry: Entry) -> Record:
+        """The record an entry keeps (``ProtocolError`` for a damaged one)."""
+        if isinstance(entry, str):
+            record = decode(entry)
+            assert isinstance(record, Record)
+            return record
+        assert self.stream is not None
+        return row_step(self.stream, entry)
 
     def _reader_of(self, path: Path) -> BinaryIO:
         """An open handle on ``path`` for reading, kept from one read to the next (the sender
@@ -340,13 +455,35 @@ class Spool:
 
 def spool_files(path: Path) -> dict[str, list[Path]]:
     """Segment files under ``path`` (a file or a directory), grouped by stream, in order."""
-    candidates = [path] if path.is_file() else sorted(path.glob(f"*{SUFFIX}"))
+    candidates = [path] if path.is_file() else sorted(
+        [*path.glob(f"*{BINARY_SUFFIX}"), *path.glob(f"*{LEGACY_SUFFIX}")],
+        key=lambda p: p.name)
     streams: dict[str, list[Path]] = {}
     for file in candidates:
         match = _NAME.match(file.name)
         if match is not None:
             streams.setdefault(match.group("stem"), []).append(file)
     return streams
+
+
+def read_records(files: Sequence[Path]) -> list[Record]:
+    """Every record the segment files of one stream hold, in order (what ``sync`` would
+    upload): for looking into a spool."""
+    spool = Spool.reopen(list(files))
+    try:
+        return [spool.record(e) for e in spool.read(spool.acked + 1, 1 << 62, 1 << 62)]
+    finally:
+        spool.close()
+
+
+def _stream_of_text(text: str | None) -> Stream | None:
+    if text is None:
+        return None
+    try:
+        record = decode(text)
+    except Exception:  # a damaged legacy file: sync says so when it reads the record
+        return None
+    return (record.run, record.session, record.rank) if isinstance(record, Record) else None
 
 
 def in_use(directory: Path, stem: str) -> bool:

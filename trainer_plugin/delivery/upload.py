@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from trainvitals.protocol import ProtocolError, RunEnd, RunStart, Step, decode
+from trainvitals.protocol import ProtocolError, RunEnd, RunStart, Step
 from trainvitals.trainer_plugin.delivery.backoff import backoff_delays
 from trainvitals.trainer_plugin.delivery.link import DeliveryStats, Link
 from trainvitals.trainer_plugin.delivery.spool import Spool, in_use, spool_files
@@ -122,8 +122,8 @@ def _one_stream(spool: Spool, url: str, token: str | None, timeout: float,
                 progress: ProgressFactory, result: SyncResult) -> None:
     first = spool.read(spool.acked + 1, 1, 1)
     try:
-        record = decode(first[0]) if first else None
-    except ProtocolError as exc:
+        record = spool.record(first[0]) if first else None
+    except (ProtocolError, KeyError) as exc:
         record = None
         result.problems.append(f"{spool.stem}: unreadable spool ({exc})")
     if not isinstance(record, (RunStart, Step, RunEnd)):
