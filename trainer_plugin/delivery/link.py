@@ -201,11 +201,17 @@ class Link:
     def _linger_over(self) -> bool:
         """At most one frame per ``linger`` seconds: records spooled sooner wait and leave
         together, so a fast loop costs the server (often on the same machine) one commit per
-        ``linger``, not one per step; a record after a quiet spell leaves at once."""
-        wait = self._last_send + self._linger - time.monotonic()
-        if wait > 0:
-            self.stop.wait(wait)
-        return not self.stop.is_set()
+        ``linger``, not one per step; a record after a quiet spell leaves at once. The server's
+        replies are taken while waiting (an ack read late would hold the window and the spool's
+        deletes), and what was spooled meanwhile goes in the frame sent after the wait."""
+        end = self._last_send + self._linger
+        while (wait := end - time.monotonic()) > 0 and not self.stop.is_set():
+            if self._ws is None:
+                self.stop.wait(wait)
+            else:
+                self._receive(wait)
+        self.outbox.spooled(self._spool.next_seq)
+        return not self.stop.is_set() and self._ws is not None
 
     def _await_records(self) -> None:
         """Nothing in flight and nothing to send: sleep until the collector spools a record
