@@ -21,8 +21,14 @@ from websockets.sync.server import Server, ServerConnection, serve
 from trainvitals import Monitor
 from trainvitals.protocol import Record, RunEnd, RunStart, Step
 from trainvitals.server import ServerThread
+from trainvitals.trainer_plugin.delivery.link import DeliveryStats, Link
 from trainvitals.trainer_plugin.delivery.sender import Sender
-from trainvitals.trainer_plugin.delivery.spool import read_records, spool_files
+from trainvitals.trainer_plugin.delivery.spool import (
+    Spool,
+    read_records,
+    spool_files,
+    stream_stem,
+)
 
 Rest = Callable[..., Any]
 MakeMonitor = Callable[..., Monitor]
@@ -310,3 +316,32 @@ def test_an_idle_link_wakes_for_a_new_record_rather_than_at_its_next_poll(
     assert sender.link is not None
     sender._link_thread.join(5)  # close() woke the idle link: it did not wait for its poll
     assert not sender._link_thread.is_alive()
+
+
+@pytest.mark.slow
+def test_the_sender_reads_acks_while_it_lingers(start_server: Callable[..., ServerThread],
+                                                 token: str) -> None:
+    """Between two frames the sender waits its linger; the server's ack of the frame before
+    must be taken during that wait, not after it (an ack read late holds the window, the
+    spool's deletes and ``flush``). With a linger of a day, only reading during the wait can
+    settle the stream."""
+    srv = start_server()
+    stream = ("lingering", 0, "0123456789abcdef")
+    spool = Spool(None, stream_stem(*stream), max_bytes=1 << 20, max_record_bytes=1 << 20)
+    stats, changed = DeliveryStats(), threading.Condition()
+    link = Link(srv.ws_url + "/ws/ingest", token, spool, stream, stats, changed,
+                linger=86_400.0)
+    thread = threading.Thread(target=link.run, daemon=True)
+    thread.start()
+    try:
+        spool.append(RunStart(run="lingering", session=stream[2], seq=0, time=1.0),
+                     essential=True)
+        with changed:
+            changed.notify_all()
+        with changed:
+            settled = changed.wait_for(lambda: spool.pending == 0, timeout=60)
+        assert settled, (stats.sent, stats.acked, stats.last_error)
+        assert stats.sent == 1 and stats.acked == {stream: 0}
+    finally:
+        link.stop.set()
+        thread.join(5)

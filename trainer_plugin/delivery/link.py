@@ -209,7 +209,7 @@ class Link:
             if self._ws is None:
                 self.stop.wait(wait)
             else:
-                self._receive(wait)
+                self._receive(min(wait, self._idle))  # (stop is seen within idle_poll)
         self.outbox.spooled(self._spool.next_seq)
         return not self.stop.is_set() and self._ws is not None
 
