@@ -205,11 +205,13 @@ class _Plan:
         self.extras: dict[str, Any] = {}
         self.positions: dict[int, list[int]] = {}  # layout id -> its paths in ``names``
         self.leading: dict[int, bool] = {}  # layout id -> its paths lead the frame's, in order
-        self.size = 8 + 4 + 64 + 3 * len(json.dumps(list(stream), ensure_ascii=False))
+        # the header's fixed part: its keys, brackets, "dropped" and "backlog" at their widest
+        self.size = 8 + 4 + _HEADER_FIXED + _json_size(list(stream))
 
     def add(self, entry: Row | str, max_bytes: int) -> bool:
         if isinstance(entry, str):
-            grown = len(entry.encode("utf-8", "surrogatepass")) + 12
+            grown = len(entry.encode("utf-8", "surrogatepass")) + 12  # "<i>": and a comma
+            # (a record re-dumped compactly is never longer than ``encode`` wrote it)
             if self.n and self._estimate(grown, len(self.names)) > max_bytes:
                 return False
             self.others[str(self.n)] = json.loads(entry)
@@ -281,6 +283,15 @@ class _Plan:
         for j, at in enumerate(pos):
             out[at] = mine[j]
         return out.tobytes()
+
+
+_HEADER_FIXED = 400  # {"names":[],"streams":[],"dropped":…,"dtypes":{},"extras":{},"others":{},
+# "backlog":{…}}: keys and brackets, a 19-digit count, and a backlog of five 19-digit numbers
+
+
+def _json_size(value: Any) -> int:
+    """Bytes ``value`` takes in the header (as ``frame`` dumps it)."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _mask(positions: list[int], stride: int) -> bytes:

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from tests.protocol.test_precheck import _step, _verdict, key, odd, stats
 from tests.protocol.test_properties import FAST
-from trainvitals.protocol import Record, RunStart, Step, TensorStats, decode, encode
+from trainvitals.protocol import Record, RunEnd, RunStart, Step, TensorStats, decode, encode
 from trainvitals.protocol.binary import decode_binary
+from trainvitals.protocol.messages import Backlog
 from trainvitals.protocol.rows import Row, assemble
 from trainvitals.trainer_plugin.delivery.spool import Spool, SpoolRefused
 
@@ -30,7 +31,7 @@ def wire(record: Record) -> Any:
     """A record as the server sees it, as JSON (defaults filled in, NaN as "NaN", 3 and 3.0
     alike)."""
     seen = decode(encode(record))
-    assert isinstance(seen, (RunStart, Step))
+    assert isinstance(seen, (RunStart, Step, RunEnd))
     return json.loads(encode(seen))
 
 
@@ -113,3 +114,27 @@ def test_a_frame_stops_where_the_byte_limit_would_be_passed() -> None:
     assert [r.seq for r in decode(frame).records] == list(range(1, count + 1))  # type: ignore[union-attr]
     alone, one = assemble(STREAM, entries, max_bytes=10)  # the first always goes
     assert one == 1 and len(decode_binary(alone).records) == 1
+
+
+@given(st.integers(200, 30_000), st.integers(0, 2**63 - 1), st.booleans(),
+       st.lists(st.sampled_from(["x", "é\"\\n", "t" * 150, "loss/a"]), min_size=1, max_size=4))
+@FAST
+def test_a_frame_never_passes_its_byte_limit_unless_one_record_alone_does(
+        limit: int, dropped: int, with_backlog: bool, names: list[str]) -> None:
+    s = spool()
+    for i in range(30):
+        scalars = {f"{n}{j}": float(j) for j, n in enumerate(names[: 1 + i % len(names)])}
+        s.append(_step(s.next_seq, scalars=scalars,
+                       tensors={"t" * 100: TensorStats(4, 0, 0, 0, -1.0, 1.0, 0.0, 1.0,
+                                                       "float32")}))
+    s.append(RunEnd(run="r", session="s" * 16, seq=0, time=2.0, reason="é" * 50),
+             essential=True)
+    backlog = Backlog(records=2**63 - 1, bytes=2**63 - 1, max_bytes=2**63 - 1,
+                      oldest_age=1e300, last_seq=2**63 - 1) if with_backlog else None
+    entries = s.read(0, 1000, 1 << 30)
+    while entries:
+        frame, count = assemble(STREAM, entries, dropped=dropped, backlog=backlog,
+                                max_bytes=limit)
+        assert count >= 1 and (len(frame) <= limit or count == 1), (len(frame), count)
+        assert len(decode_binary(frame).records) == count
+        entries = entries[count:]
