@@ -45,6 +45,7 @@ _LITTLE = sys.byteorder == "little"
 _WITH_HEADROOM = attrgetter(*STATS)
 _WITHOUT_HEADROOM = attrgetter(*STATS[:-1])
 _TOP = attrgetter(*TOP)
+MAX_LAYOUTS = 4096  # layouts one stream remembers; steps of more go as version-1 text
 _RECORD_BYTES = 2 + 8 + 8 + 8  # stream index, seq, step, time: the fixed columns of a record
 
 
@@ -153,7 +154,8 @@ class Packer:
         names += [f"s/{n}" for n in scalars]
         for name, _, headroom in tensors:
             names += [f"t/{name}/{s}" for s in (STATS if headroom else STATS[:-1])]
-        if len(names) > MAX_PATHS or len(set(names)) != len(names):
+        if len(names) > MAX_PATHS or len(set(names)) != len(names) or \
+                len(self._layouts) >= MAX_LAYOUTS:  # (names that change every step)
             return None
         layout = Layout(self._next_id, tuple(names),
                         tuple((n, d) for n, d, _ in tensors), *_positions(names))

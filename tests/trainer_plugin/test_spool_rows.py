@@ -21,7 +21,7 @@ from tests.protocol.test_properties import FAST
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, TensorStats, decode, encode
 from trainvitals.protocol.binary import decode_binary
 from trainvitals.protocol.messages import Backlog
-from trainvitals.protocol.rows import Row, assemble
+from trainvitals.protocol.rows import MAX_LAYOUTS, Packer, Row, assemble
 from trainvitals.trainer_plugin.delivery.spool import Spool, SpoolRefused
 
 STREAM = ("r", "s" * 16, 0)
@@ -138,3 +138,12 @@ def test_a_frame_never_passes_its_byte_limit_unless_one_record_alone_does(
         assert count >= 1 and (len(frame) <= limit or count == 1), (len(frame), count)
         assert len(decode_binary(frame).records) == count
         entries = entries[count:]
+
+
+def test_names_that_change_every_step_stop_making_layouts_and_go_as_text() -> None:
+    packer = Packer(STREAM)
+    rows = [packer.pack(_step(i, scalars={f"lr_{i}": 1.0}), i) for i in range(MAX_LAYOUTS + 5)]
+    assert all(r is not None for r in rows[:MAX_LAYOUTS])
+    assert rows[MAX_LAYOUTS:] == [None] * 5  # bounded memory; the spool keeps them as text
+    again = packer.pack(_step(1, scalars={"lr_1": 2.0}), 99)
+    assert again is not None and again.layout is rows[1].layout  # known layouts still pack
