@@ -5,9 +5,10 @@ The tables mirror the SQLite schema (``store.sqlite.schema``) with native types:
 protocol's integers are signed 64-bit), names compare byte-wise (``COLLATE "C"``, as SQLite
 does), and ids come from identity columns. Bump ``SCHEMA_VERSION`` with every change to
 ``SCHEMA``; a version whose changes are new tables only (``UPGRADABLE``) is brought up to date
-in place: ``SCHEMA`` creates the tables it lacks and ``BACKFILL`` fills those derived from other
-tables. Version 2 added ``incidents``, version 3 ``run_steps`` (each run's step count and
-first/last time: ``trainvitals.server.store.run_steps``), counted once from ``steps`` on upgrade.
+in place: ``SCHEMA`` creates the tables it lacks and ``BACKFILL_RUN_STEPS`` fills the one
+derived from other tables. Version 2 added ``incidents``, version 3 ``run_steps`` (each run's
+step count and first/last time: ``trainvitals.server.store.run_steps``), counted once from
+``steps`` on upgrade.
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ TABLES = ("seen", "points", "series", "steps", "run_steps", "clips", "origins", 
 
 # What a database of an older version needs once SCHEMA has created the tables it lacked:
 # per version that added a derived table, the statements that fill it from the others.
-BACKFILL = {
-    3: ("DELETE FROM run_steps",
-        "INSERT INTO run_steps SELECT run_id, rank, count(*), min(time), max(time) FROM steps "
-        "GROUP BY run_id, rank"),
-}
+# Version 3's derived table, counted once from ``steps`` (one statement: SQL stays text
+# written here, never assembled; tests/server/test_secure_defaults.py checks that).
+BACKFILL_RUN_STEPS = (
+    "INSERT INTO run_steps SELECT run_id, rank, count(*), min(time), max(time) FROM steps "
+    "GROUP BY run_id, rank ON CONFLICT (run_id, rank) DO UPDATE SET steps = excluded.steps, "
+    "first_time = excluded.first_time, last_time = excluded.last_time")
 
 
 def create_or_check(conn: Any, where: str) -> None:
@@ -121,10 +123,8 @@ def create_or_check(conn: Any, where: str) -> None:
             if upgrade:
                 version = int(found[0])
         conn.execute(SCHEMA)
-        for added_in, statements in BACKFILL.items():
-            if version < added_in:
-                for sql in statements:
-                    conn.execute(sql)
+        if version < 3:
+            conn.execute(BACKFILL_RUN_STEPS)
         conn.execute("INSERT INTO meta VALUES ('schema_version', %s) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                      (str(SCHEMA_VERSION),))
