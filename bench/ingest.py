@@ -1,9 +1,13 @@
 """Ingest: sustained values/s from N simulated ranks into one server, persisted and acknowledged.
 
 Each rank is a process with a raw websocket client (no plugin, no torch): it sends batch frames
-of pre-encoded step records — the shape the demo's Monitor sends (5 top-level values, 2 loss
-components, 3 tensors; 32 stored values each) — with at most ``window`` frames awaiting their
-ack, for ``duration`` seconds. Only acknowledged records count, and afterwards the store is
+of step records — the shape the demo's Monitor sends (5 top-level values, 2 loss components, 3
+tensors; 32 stored values each) — with at most ``window`` frames awaiting their ack, for
+``duration`` seconds. ``--wire v2`` (the default) sends version-2 binary frames built the way
+the plugin builds them: a ``protocol.rows.Packer`` per rank packs the step once into a row, each
+record is that row with its own seq and step, and ``protocol.rows.assemble`` joins a frame's
+rows (one stream per rank). ``--wire v1`` sends version-1 JSON batches made by string
+templating (for comparison). Only acknowledged records count, and afterwards the store is
 checked to hold exactly that many points. The server is a fresh ``trainvitals serve``
 subprocess per configuration; its CPU time comes from /proc (psutil). With ``--store postgres``
 it stores in a fresh database of a throwaway PostgreSQL cluster on 127.0.0.1 (bench/pgcluster.py;
@@ -12,6 +16,7 @@ its CPU time is not in the server's figures).
     .venv/bin/python bench/ingest.py                    # sweep ranks × records per frame
     .venv/bin/python bench/ingest.py --store postgres   # the same into PostgreSQL
     .venv/bin/python bench/ingest.py --profile          # + py-spy profile of the server
+    .venv/bin/python bench/ingest.py --wire v1          # version-1 JSON frames instead
     .venv/bin/python bench/ingest.py --quick            # tiny sweep: checks the script works
 """
 
@@ -35,6 +40,7 @@ from pyspy import py_spy, summarise
 from websockets.sync.client import connect
 
 from trainvitals.protocol import Ack, Batch, Error, RunStart, Step, TensorStats, decode, encode
+from trainvitals.protocol.rows import Packer, Row, assemble
 from trainvitals.protocol.series import step_values
 
 TARGET = 1_000_000  # values per second
@@ -79,24 +85,49 @@ class FrameMaker:
         return f"{self.head}{body}]}}"
 
 
+class BinaryFrameMaker:
+    """Version-2 frames as the plugin makes them: rows from a ``Packer``, joined by
+    ``assemble`` (the run start goes as a version-1 record text inside a v2 frame)."""
+
+    def __init__(self, run: str, session: str, rank: int) -> None:
+        self.stream = (run, session, rank)
+        self.start = assemble(self.stream, [encode(RunStart(run=run, session=session,
+                                                            rank=rank, seq=0,
+                                                            time=time.time()))])[0]
+        row = Packer(self.stream).pack(sample_step(run, session, rank), 0)
+        assert row is not None, "the sample step must pack into a row"
+        self.row = row
+
+    def frame(self, first_seq: int, count: int) -> bytes:
+        r = self.row
+        rows = [Row(r.layout, s, s, r.time, r.values) for s in range(first_seq,
+                                                                     first_seq + count)]
+        frame, taken = assemble(self.stream, rows)
+        assert taken == count
+        return frame
+
+
 @dataclass
 class RankResult:
     start: float
     end: float
     records: int
     rtts: list[float]
+    cpu: float  # CPU seconds of the rank's process while it sent
 
 
 def rank_main(url: str, token: str, run: str, rank: int, batch: int, window: int,
-              duration: float, barrier: Any, results: Any) -> None:
+              duration: float, barrier: Any, results: Any, wire: str = "v2") -> None:
     """One simulated rank (runs in its own process)."""
-    maker = FrameMaker(run, uuid.uuid4().hex[:16], rank)
+    session = uuid.uuid4().hex[:16]
+    maker: FrameMaker | BinaryFrameMaker = (BinaryFrameMaker(run, session, rank)
+                                            if wire == "v2" else FrameMaker(run, session, rank))
     with connect(f"{url}/ws/ingest", additional_headers={"Authorization": f"Bearer {token}"},
                  proxy=None, max_size=None, open_timeout=30) as ws:
         ws.send(maker.start)
         _expect_ack(ws, 0)
         barrier.wait()
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), time.process_time()
         deadline = start + duration
         outstanding: collections.deque[tuple[int, float]] = collections.deque()
         seq, acked, rtts = 0, 0, []
@@ -115,7 +146,8 @@ def rank_main(url: str, token: str, run: str, rank: int, batch: int, window: int
                 top, sent = outstanding.popleft()
                 rtts.append(time.monotonic() - sent)
                 acked = top
-        results.put(RankResult(start, time.monotonic(), acked, rtts))
+        results.put(RankResult(start, time.monotonic(), acked, rtts,
+                               time.process_time() - cpu0))
 
 
 def _expect_ack(ws: Any, seq: int) -> None:
@@ -130,6 +162,7 @@ class Config:
     batch: int
     window: int
     duration: float
+    wire: str = "v2"
 
 
 def run_config(cfg: Config, profile_to: Path | None = None,
@@ -145,7 +178,7 @@ def run_config(cfg: Config, profile_to: Path | None = None,
         run = f"ingest-{cfg.ranks}x{cfg.batch}"
         procs = [ctx.Process(target=rank_main, args=(server.ws_url, server.token, run, r,
                                                      cfg.batch, cfg.window, cfg.duration,
-                                                     barrier, results), daemon=True)
+                                                     barrier, results, cfg.wire), daemon=True)
                  for r in range(cfg.ranks)]
         for p in procs:
             p.start()
@@ -169,7 +202,9 @@ def run_config(cfg: Config, profile_to: Path | None = None,
     return {"cfg": cfg, "values_s": values / elapsed, "records_s": records / elapsed,
             "frames_s": len(rtts) / elapsed, "cpu_per_m": cpu / (values / 1e6),
             "cpu_cores": cpu / elapsed, "rtt50": 1e3 * percentile(rtts, 50),
-            "rtt99": 1e3 * percentile(rtts, 99), "values": values, "rss": rss}
+            "rtt99": 1e3 * percentile(rtts, 99), "values": values, "rss": rss,
+            "client_per_m": sum(r.cpu for r in got) / (values / 1e6),
+            "busy_cores": (cpu + sum(r.cpu for r in got)) / elapsed}
 
 
 def _count_points(db: Path) -> int:
@@ -200,6 +235,9 @@ def main() -> int:
                         help="records per frame")
     parser.add_argument("--window", type=int, default=2, help="frames in flight per rank")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per configuration")
+    parser.add_argument("--wire", choices=["v1", "v2"], default="v2",
+                        help="frames: version-2 binary as the plugin builds them (default), "
+                        "or version-1 JSON batches")
     parser.add_argument("--profile", action="store_true",
                         help="profile the server with py-spy at the best configuration")
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
@@ -221,7 +259,7 @@ def _sweep(args: argparse.Namespace, database: Callable[[], str] | None) -> int:
     results = []
     for ranks in args.ranks:
         for batch in args.batches:
-            cfg = Config(ranks, batch, args.window, args.duration)
+            cfg = Config(ranks, batch, args.window, args.duration, args.wire)
             results.append(run_config(cfg, database=database))
             note(f"{ranks} ranks × {batch} records/frame: {results[-1]['values_s']:,.0f} values/s")
     best = max(results, key=lambda r: r["values_s"])
@@ -238,16 +276,20 @@ def _sweep(args: argparse.Namespace, database: Callable[[], str] | None) -> int:
     print(header(f"Ingest: sustained values/s into one server on {store.split()[0]} "
                  "(bench/ingest.py)", meter,
                  extra=[f"store: {store}",
+                        f"wire: {_WIRES[args.wire]}",
                         f"{VALUES_PER_RECORD} values per step record; {args.window} frame(s) in "
                         f"flight per rank; {args.duration:g} s per configuration; ranks are "
-                        "processes on the same machine as the server",
+                        "processes on the same machine as the server (their CPU is in "
+                        "'clients CPU s per 1M values' and 'busy cores')",
                         f"best: {best['values_s']:,.0f} values/s at {best['cfg'].ranks} ranks × "
                         f"{best['cfg'].batch} records/frame — {verdict}"]))
     print(table(["ranks", "records/frame", "values/s", "steps/s", "frames/s",
-                 "server CPU s per 1M values", "server CPU (cores)", "ack RTT p50 ms",
-                 "ack RTT p99 ms", "server RSS MiB"],
+                 "server CPU s per 1M values", "server CPU (cores)",
+                 "clients CPU s per 1M values", "busy cores (server + clients)",
+                 "ack RTT p50 ms", "ack RTT p99 ms", "server RSS MiB"],
                 [[r["cfg"].ranks, r["cfg"].batch, fmt(r["values_s"], 0), fmt(r["records_s"], 0),
                   fmt(r["frames_s"], 0), fmt(r["cpu_per_m"]), fmt(r["cpu_cores"]),
+                  fmt(r["client_per_m"]), fmt(r["busy_cores"]),
                   fmt(r["rtt50"], 1), fmt(r["rtt99"], 1), fmt(r["rss"], 0)] for r in results]))
     print()
     if profile_rows:
@@ -256,6 +298,10 @@ def _sweep(args: argparse.Namespace, database: Callable[[], str] | None) -> int:
         print(table(["kind", "function", "% of samples"], profile_rows))
         print()
     return 0
+
+
+_WIRES = {"v2": "version-2 binary frames (protocol.rows Packer + assemble, as the plugin)",
+          "v1": "version-1 JSON batch frames"}
 
 
 if __name__ == "__main__":

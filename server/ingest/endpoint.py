@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -30,8 +31,9 @@ from trainvitals.protocol import (
     decode,
     encode,
 )
-from trainvitals.protocol.binary import BINARY_VERSION
+from trainvitals.protocol.binary import BINARY_VERSION, decode_binary_values, is_binary
 from trainvitals.protocol.codec import PROTOCOL_VERSION
+from trainvitals.protocol.codec import _check_size as check_size
 from trainvitals.protocol.transport import MAX_MESSAGE_BYTES_HEADER, VERSIONS_HEADER
 from trainvitals.server.ingest.deliveries import DeliveryReports
 from trainvitals.server.ingest.writer import Writer
@@ -153,7 +155,7 @@ async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
         if data is None:
             continue
         try:
-            records = _records(data, settings.max_message_bytes, heard)
+            records, values = _records(data, settings.max_message_bytes, heard)
         except ProtocolError as exc:
             bad += 1
             heard.bad[exc.code] += 1
@@ -162,17 +164,25 @@ async def _receive_frames(ws: WebSocket, settings: Settings, writer: Writer,
             await replies.error(Error(code=exc.code, message=str(exc)))
             continue
         if records:
-            await writer.submit(records, replies.ack, replies.fail)
+            await writer.submit(records, replies.ack, replies.fail, values=values)
 
 
-def _records(data: str | bytes, limit: int, heard: _Heard) -> list[Record]:
-    """The records of one frame, all valid; ``ProtocolError`` for anything else."""
-    message = decode(data, max_bytes=limit)
+def _records(data: str | bytes, limit: int, heard: _Heard
+             ) -> tuple[list[Record], Sequence[dict[str, float] | None] | None]:
+    """The records of one frame, all valid, and (a binary frame) each one's series values
+    as the decoder found them; ``ProtocolError`` for anything else."""
+    values: Sequence[dict[str, float] | None] | None = None
+    if isinstance(data, bytes) and is_binary(data):
+        check_size(data, limit)
+        message: object
+        message, values = decode_binary_values(data)
+    else:
+        message = decode(data, max_bytes=limit)
     heard.frame(message)
     if isinstance(message, Batch):
-        return list(message.records)
+        return list(message.records), values
     if isinstance(message, (RunStart, Step, RunEnd)):
-        return [message]
+        return [message], None
     raise ProtocolError(f"{type(message).__name__.lower()} frames are sent by the server, "
                         "not to it")
 

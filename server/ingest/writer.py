@@ -63,6 +63,29 @@ class _Job:
     records: Sequence[Record]
     reply: Reply
     fail: Fail | None = None
+    values: Sequence[dict[str, float] | None] | None = None  # by record, from the decoder
+
+
+class _Values:
+    """``StepValues``, told beforehand what the decoder found (``decode_binary_values``: the
+    very dict ``step_values`` gives, built from the frame's columns); derives the rest."""
+
+    __slots__ = ("_derive", "_known")
+
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        self._derive = StepValues()
+        self._known: dict[int, tuple[Step, dict[str, float]]] = {}
+        for job in jobs:
+            if job.values is not None:
+                for record, values in zip(job.records, job.values, strict=True):
+                    if values is not None and isinstance(record, Step):
+                        self._known[id(record)] = (record, values)
+
+    def __call__(self, step: Step) -> dict[str, float]:
+        hit = self._known.get(id(step))
+        if hit is not None and hit[0] is step:
+            return hit[1]
+        return self._derive(step)
 
 
 class Writer:
@@ -113,12 +136,15 @@ class Writer:
         self._thread.shutdown(wait=True)
 
     async def submit(self, records: Sequence[Record], reply: Reply,
-                     fail: Fail | None = None) -> None:
+                     fail: Fail | None = None, *,
+                     values: Sequence[dict[str, float] | None] | None = None) -> None:
         """Queue records for commit; waits only when the writer is far behind (backpressure).
 
         ``reply`` gets the acks once they are committed; ``fail`` the error if they cannot be.
+        ``values``: each record's ``step_values`` where the decoder has them already (None:
+        not known), so that nobody derives them again.
         """
-        await self._queue.put(_Job(records, reply, fail))
+        await self._queue.put(_Job(records, reply, fail, values))
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the writer's thread between commits (store maintenance such as
@@ -225,7 +251,7 @@ class Writer:
 
     async def _commit(self, jobs: list[_Job]) -> None:
         records = [r for job in jobs for r in job.records]
-        values_of = StepValues()  # derived once; the store, the rules and the hub share them
+        values_of = _Values(jobs)  # derived once; the store, the rules and the hub share them
         result, changes, incidents = await self._call(lambda: self._write(records, values_of))
         self._failure_is_news = True  # the next failure is news again: log it in full
         self._succeeded(result)
@@ -240,7 +266,7 @@ class Writer:
         for job in jobs:
             job.reply(_acks(job.records, result))
 
-    def _write(self, records: list[Record], values_of: StepValues
+    def _write(self, records: list[Record], values_of: _Values
                ) -> tuple[WriteResult, list[AlertChange], list[IncidentChange]]:
         if self._space is not None:
             self._space.check()  # below the floor: refuse before writing anything
@@ -303,7 +329,7 @@ class Writer:
         self.incidents.forget(run)
         self._adopted.discard(run)
 
-    def _publish(self, result: WriteResult, values_of: StepValues) -> None:
+    def _publish(self, result: WriteResult, values_of: _Values) -> None:
         steps: dict[str, list[dict[str, Any]]] = {}
         for r in result.accepted:
             if isinstance(r, Step):
@@ -319,9 +345,12 @@ class Writer:
 
 
 def _step_update(step: Step, values: dict[str, float]) -> dict[str, Any]:
-    update: dict[str, Any] = to_wire({"rank": step.rank, "step": step.step, "time": step.time,
-                                      "values": values, "clip": step.clip})
-    return update
+    # The values as to_wire gives them; when they are all finite (their sum is: NaN and ±Inf
+    # propagate, an overflow only sends them the long way) that is a plain copy.
+    total = sum(values.values())
+    wire = dict(values) if total - total == 0.0 else to_wire(values)
+    return {"rank": step.rank, "step": step.step, "time": to_wire(step.time), "values": wire,
+            "clip": to_wire(step.clip)}
 
 
 def _acks(records: Sequence[Record], result: WriteResult) -> list[Ack]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from trainvitals.server.store.blocks import BLOCK_BITS, Summary, fold_columns, picks, summarise
 from trainvitals.server.store.codec import STEP_MAX, STEP_MIN
@@ -69,6 +69,21 @@ class PendingBlocks:
         new = self._new
         for series_id, step, value in rows:
             new[series_id, step >> BLOCK_BITS].append((step, value))
+
+    def added_columns(self, series_ids: Sequence[int], steps: Sequence[int],
+                      columns: Sequence[Sequence[float]]) -> None:
+        """New points as columns: series ``series_ids[j]`` has ``columns[j][i]`` at
+        ``steps[i]`` (what ``added`` takes as rows, without a tuple per point)."""
+        new = self._new
+        blocks = {step >> BLOCK_BITS for step in steps}
+        if len(blocks) == 1:  # the common case: the steps of one commit lie in one block
+            (block,) = blocks
+            for series_id, column in zip(series_ids, columns, strict=True):
+                new[series_id, block] += zip(steps, column, strict=True)
+            return
+        for series_id, column in zip(series_ids, columns, strict=True):
+            for step, value in zip(steps, column, strict=True):
+                new[series_id, step >> BLOCK_BITS].append((step, value))
 
     def rewritten(self, rows: Iterable[tuple[int, int, float]]) -> None:
         """Points of which some replaced stored ones: their blocks are recomputed."""
