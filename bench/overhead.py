@@ -14,14 +14,22 @@ subprocess on 127.0.0.1 (which shares this machine's cores: pessimistic).
     .venv/bin/python bench/overhead.py            # full run (~10 min on 2 cores)
     .venv/bin/python bench/overhead.py --quick    # a few steps: checks the script works
     .venv/bin/python bench/overhead.py --compile  # compiled vs compiled + trainvitals
+    .venv/bin/python bench/overhead.py --pin      # trainer on core 0, server on the last
+    .venv/bin/python bench/overhead.py --load     # while a busy loop takes one core
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
 import torch
 from common import LoadMeter, ServerProcess, fmt, header, note, percentile, table
 from torch._dynamo.utils import counters
@@ -48,7 +56,8 @@ def main() -> int:
     meter = LoadMeter()
     reports: list[tuple[str, list[list[str]]]] = []
     notes: list[str] = []
-    with ServerProcess() as server:
+    with ServerProcess() as server, _placed(args, server) as placement:
+        notes.append(placement)
         for name in args.workloads:
             rows, lines = run_workload(name, kinds, args, server)
             reports.append((name, rows))
@@ -71,6 +80,32 @@ def main() -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _placed(args: argparse.Namespace, server: ServerProcess) -> Iterator[str]:
+    """Where things run: ``--pin`` puts the trainer (this process) on the first core and the
+    server on the last (``taskset``-style affinity); ``--load`` runs a process that keeps one
+    core busy beside them (the last, when pinned)."""
+    cores = sorted(os.sched_getaffinity(0))
+    said = "placement: trainer and server on any core"
+    if args.pin and len(cores) > 1:
+        os.sched_setaffinity(0, {cores[0]})
+        psutil.Process(server.pid).cpu_affinity([cores[-1]])
+        said = f"placement: trainer pinned to core {cores[0]}, server to core {cores[-1]}"
+    spinner = None
+    if args.load:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        if args.pin and len(cores) > 1:
+            psutil.Process(spinner.pid).cpu_affinity([cores[-1]])
+        said += "; another process keeps one core busy (a busy loop)"
+    try:
+        yield said
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+        os.sched_setaffinity(0, set(cores))
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", "--smoke", action="store_true",
@@ -78,6 +113,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", default=["demo", "convnet"],
                         choices=["demo", "convnet"])
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--pin", action="store_true",
+                        help="trainer on the first core, server on the last")
+    parser.add_argument("--load", action="store_true",
+                        help="a busy-loop process beside the run (on the server's core with --pin)")
     parser.add_argument("--block", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=2, help="rounds not counted")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
