@@ -16,7 +16,6 @@ import httpx
 import pytest
 import torch
 
-from tests.support.browser import launch, require_chromium
 from trainvitals import Monitor
 from trainvitals.server import ServerThread, Settings
 
@@ -39,16 +38,6 @@ COUNT_CALLS_JS = """() => {
     };
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    require_chromium()
-    with sync_api.sync_playwright() as pw:
-        chromium = launch(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,16 @@ def _verdict(step: Step) -> str:
     return ""
 
 
-@given(st.lists(st.fixed_dictionaries({}, optional={
+# Changes to a known good step, of any field types (also the spool's test, tests/trainer_plugin).
+step_changes = st.lists(st.fixed_dictionaries({}, optional={
     "step": odd, "time": odd, "loss": odd, "lr": odd, "rank": odd,
     "components": st.dictionaries(key, odd, max_size=3),
     "scalars": st.dictionaries(key, odd, max_size=3),
     "tensors": st.dictionaries(key, stats, max_size=2),
-}), min_size=1, max_size=6))
+}), min_size=1, max_size=6)
+
+
+@given(step_changes)
 @FAST
 def test_precheck_agrees_with_the_decoder_on_any_steps(changes: list[dict[str, Any]]) -> None:
     check = Precheck()

@@ -187,11 +187,13 @@ def test_random_writes_with_resends_resumes_and_ranks_match_the_truth(store: Sto
     model = Model()
     sent: list[Record] = []
     sessions: dict[tuple[str, int], tuple[str, int]] = {}  # (run, rank) -> session, next seq
+    resends = 0
     for _ in range(40):
         batch: list[Record] = []
         for _ in range(rng.randint(1, 30)):
             if sent and rng.random() < 0.2:
                 batch.append(rng.choice(sent))  # a resend
+                resends += 1
                 continue
             run, rank = rng.choice(["a", "b"]), rng.randint(0, 2)
             session, seq = sessions.get((run, rank), (f"{run}{rank}-0", 0))
@@ -209,6 +211,9 @@ def test_random_writes_with_resends_resumes_and_ranks_match_the_truth(store: Sto
         store.write(batch)
         model.write(batch)
         check(store, model)
+    # what the property is about happened: resends, both runs, and every rank of them
+    assert resends > 0 and sorted(listed(store)) == ["a", "b"]
+    assert {rank for (_, rank) in model.counts()} == {0, 1, 2}
 
 
 def test_a_failed_write_changes_no_count_and_leaves_nothing_pending(store: Store) -> None:
@@ -266,6 +271,7 @@ def test_reopening_the_store_keeps_the_counts(store_factory: Any) -> None:
     again.open()
     try:
         check(again, model)
+        assert listed(again)["a"] == (7, 0.0, 6.0)  # as written before the reopen
     finally:
         again.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.protocol.test_precheck import _step, _verdict, key, odd, stats
+from tests.protocol.test_precheck import _step, _verdict, step_changes
 from tests.protocol.test_properties import FAST
 from trainvitals.protocol import Record, RunEnd, RunStart, Step, TensorStats, decode, encode
 from trainvitals.protocol.binary import decode_binary
@@ -41,12 +41,7 @@ def spool() -> Spool:
     return s
 
 
-@given(st.lists(st.fixed_dictionaries({}, optional={
-    "step": odd, "time": odd, "loss": odd, "lr": odd, "rank": odd,
-    "components": st.dictionaries(key, odd, max_size=3),
-    "scalars": st.dictionaries(key, odd, max_size=3),
-    "tensors": st.dictionaries(key, stats, max_size=2),
-}), min_size=1, max_size=6))
+@given(step_changes)
 @FAST
 def test_the_spool_keeps_exactly_what_the_decoder_accepts_and_gives_it_back(
         changes: list[dict[str, Any]]) -> None:
