@@ -34,7 +34,7 @@ from trainvitals.protocol import (
 from trainvitals.protocol.series import step_values
 from trainvitals.server import SQLiteStore
 from trainvitals.server.store.limits import LimitExceeded, Limits
-from trainvitals.server.store.sqlite import store as sqlite_store
+from trainvitals.server.store.sqlite import write as sqlite_write
 
 TABLES = ("runs", "streams", "seen", "series", "points", "point_blocks", "steps", "run_steps",
           "clips", "origins")
@@ -153,7 +153,7 @@ def test_new_steps_go_in_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     steps = [Step(run="a", session="s", seq=s, step=s, time=1.0 + s, loss=float(s),  # 500 rows
                   components={"p": math.nan, "q": -math.inf, **many})       # and 100 more
              for s in range(1, 61)]
-    assert sqlite_store._CHUNK < 60 * 10
+    assert sqlite_write._CHUNK < 60 * 10
     result = store.write(steps)
     assert len(result.accepted) == 60 and result.top_seq[("a", 0, "s")] == 60
     (series,) = store.series(1, "loss/q")
