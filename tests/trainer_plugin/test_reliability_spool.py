@@ -145,6 +145,7 @@ def test_reopen_continues_after_the_acknowledged_part(tmp_path: Path) -> None:
     again = Spool.reopen(group)
     assert again.acked + 1 == int(group[0].name.split(".")[-2]) <= 7
     assert (again.next_seq, again.pending) == (13, 12 - again.acked)
+    assert again.unread == []  # whole files: nothing to say
     entries = again.read(again.acked + 1, 1000, 1 << 20)
     assert [again.record(e) for e in entries] == records[again.acked + 1:]
     again.ack(12)
@@ -169,6 +170,8 @@ def test_an_entry_cut_or_garbled_by_a_killed_process_is_where_the_file_ends(
     assert (again.next_seq, again.pending) == (3, 3)
     assert seqs(again.read(0, 100, 1 << 20)) == [0, 1, 2]
     assert [r.step for r in read_records([path])] == [0, 1, 2]
+    (said,) = again.unread  # and says so, for sync to print
+    assert path.name in said and "no whole record" in said
     again.close()
 
 

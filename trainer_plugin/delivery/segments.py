@@ -103,6 +103,7 @@ class ScannedFile:
         self.count = 0
         self.size = 0
         self.first_text: str | None = None  # a legacy file's first record (its stream)
+        self.unread = 0  # bytes after the last whole entry (cut by a killed writer, damaged)
         if path.suffix == LEGACY_SUFFIX:
             data = path.read_bytes()
             self.count, self.size = data.count(b"\n"), len(data)
@@ -122,3 +123,4 @@ class ScannedFile:
                 elif kind in (ROW, TEXT):
                     self.count += 1
             self.size = end
+            self.unread = path.stat().st_size - end

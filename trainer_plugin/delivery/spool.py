@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -62,18 +61,19 @@ from trainvitals.trainer_plugin.delivery.segments import (
     row_payload,
     stream_payload,
 )
+from trainvitals.trainer_plugin.delivery.spool_dir import (
+    NAME,
+    hold_lock,
+    in_use,
+    spool_files,
+    stream_stem,
+)
 
 __all__ = ["Entry", "Spool", "SpoolRefused", "in_use", "read_records", "spool_files",
            "stream_stem"]
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no lock, sync must not run beside a live process
-    fcntl = None  # type: ignore[assignment]
-
 MARK_EVERY = 1.0  # seconds between two marks of when records were appended
 MAX_MARKS = 4096  # beyond it every other mark is forgotten (the oldest is always kept)
-_NAME = re.compile(r"^(?P<stem>.+)\.(?P<first>\d{12})(?P<suffix>\.tvs|\.jsonl)$")
 Stream = tuple[str, str, int]  # (run, session, rank), as rows and binary frames name it
 
 
@@ -123,12 +123,13 @@ class Spool:
         self.acked = -1
         self.closed = False
         self.limited = True  # False for a spool reopened by sync: it refuses nothing
+        self.unread: list[str] = []  # reopened files' tails that hold no whole record
         # (first seq, monotonic time) of the batches kept, the oldest unacknowledged first
         self._marks: deque[tuple[int, float]] = deque()
         self._lock_handle: TextIO | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            self._lock_handle = _hold_lock(directory / f"{stem}.lock")
+            self._lock_handle = hold_lock(directory / f"{stem}.lock")
 
     @classmethod
     def reopen(cls, files: list[Path]) -> Spool:
@@ -136,11 +137,15 @@ class Spool:
 
         Everything before the first file was acknowledged: that is why it was deleted.
         """
-        names = [(_NAME.match(f.name), f) for f in sorted(files)]
+        names = [(NAME.match(f.name), f) for f in sorted(files)]
         parts = [(m.group("stem"), int(m.group("first")), f) for m, f in names if m is not None]
         spool = cls(files[0].parent, parts[0][0], max_bytes=1 << 62, max_record_bytes=1 << 62)
         for _, first, path in parts:
             found = ScannedFile(path)
+            if found.unread:
+                spool.unread.append(f"{path.name}: the last {found.unread} bytes are no whole "
+                                    "record (cut by a killed process, or damaged) and are "
+                                    "left out")
             spool._segments.append(_Segment(first, found.count, found.size, path,
                                             legacy=path.suffix == LEGACY_SUFFIX))
             spool._layouts.update(found.layouts)
@@ -453,19 +458,6 @@ class Spool:
             reader.close()
 
 
-def spool_files(path: Path) -> dict[str, list[Path]]:
-    """Segment files under ``path`` (a file or a directory), grouped by stream, in order."""
-    candidates = [path] if path.is_file() else sorted(
-        [*path.glob(f"*{BINARY_SUFFIX}"), *path.glob(f"*{LEGACY_SUFFIX}")],
-        key=lambda p: p.name)
-    streams: dict[str, list[Path]] = {}
-    for file in candidates:
-        match = _NAME.match(file.name)
-        if match is not None:
-            streams.setdefault(match.group("stem"), []).append(file)
-    return streams
-
-
 def read_records(files: Sequence[Path]) -> list[Record]:
     """Every record the segment files of one stream hold, in order (what ``sync`` would
     upload): for looking into a spool."""
@@ -484,36 +476,3 @@ def _stream_of_text(text: str | None) -> Stream | None:
     except Exception:  # a damaged legacy file: sync says so when it reads the record
         return None
     return (record.run, record.session, record.rank) if isinstance(record, Record) else None
-
-
-def in_use(directory: Path, stem: str) -> bool:
-    """Whether a live process holds the stream's lock (it is writing that spool now)."""
-    path = directory / f"{stem}.lock"
-    if fcntl is None or not path.exists():
-        return False
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    return False
-
-
-def _hold_lock(path: Path) -> TextIO | None:
-    if fcntl is None:
-        return None
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # another process writes this very stream: impossible with fresh sessions
-        handle.close()
-        return None
-    return handle
-
-
-def stream_stem(run: str, rank: int, session: str) -> str:
-    """The common start of a stream's segment file names. The run's name appears only as a
-    file-name-safe hint: the records themselves carry the real one."""
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", run)[:40].strip("-") or "run"
-    return f"{slug}.r{rank}.{session}"

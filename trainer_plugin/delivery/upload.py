@@ -133,6 +133,8 @@ def _one_stream(spool: Spool, url: str, token: str | None, timeout: float,
     total = spool.pending
     label = f"{record.run} (rank {record.rank})"
     bar = progress(label, "records")
+    for line in spool.unread:  # said, not fatal: everything whole in the files is uploaded
+        bar.note(f"trainvitals sync: {line}")
     bar(0, total)
     stats, changed = DeliveryStats(), threading.Condition()
     notes = _Notes(changed)
